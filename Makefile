@@ -1,0 +1,45 @@
+# Set-up and everyday commands. `make test` and `make demo` work on a fresh machine:
+# each creates .venv and installs what it needs first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU wheel of torch; on a GPU machine run e.g. `make demo TORCH=torch` to keep your CUDA build.
+TORCH  ?= torch==2.13.0
+# torchvision is used by the parity tests only, installed without its dependencies so it never pulls
+# a second (CUDA) torch.
+TORCHVISION ?= torchvision==0.28.0
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: install dev test test-fast demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) install "$(TORCH)"
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed
+	$(PIP) install -e ".[dev]"
+	$(PIP) install --no-deps "$(TORCHVISION)" || echo "torchvision not installed: its parity tests will be skipped"
+	touch $@
+
+install: $(VENV)/.installed
+dev: $(VENV)/.dev-installed
+
+test: dev
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+
+test-fast: dev
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
+
+demo: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/refine-cli refine examples/ --out demo-out --overwrite
+	@echo "Refined masks: demo-out/masks  overlays: demo-out/overlays"
+
+bench: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/refine-cli bench
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

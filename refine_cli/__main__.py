@@ -1,0 +1,3 @@
+from refine_cli.cli import main
+
+main()

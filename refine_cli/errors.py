@@ -1,0 +1,58 @@
+"""Domain errors. Raised deep in the library, translated once at the CLI edge into one red line.
+
+Every message says what went wrong *and* what to do next. `exit_code` follows the CLI convention:
+1 for a failed run (bad file, bad checkpoint, failed download), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+
+class RefineError(Exception):
+    """Base of every error refine-cli raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(RefineError):
+    """The command or call was asked for something that cannot work (unknown name, bad option)."""
+
+    exit_code = 2
+
+
+class UnknownNameError(UsageError, KeyError):
+    """A registry lookup failed; the message lists the valid names."""
+
+    def __init__(self, kind: str, name: str, valid: list[str] | tuple[str, ...]):
+        self.kind, self.name, self.valid = kind, name, tuple(valid)
+        super().__init__(f"unknown {kind} '{name}'; choose one of: {', '.join(sorted(valid))}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class DeviceError(UsageError):
+    """A requested device is not available (never silently replaced by the CPU)."""
+
+
+class WeightsError(RefineError):
+    """A checkpoint cannot be used: missing, corrupt, wrong format, wrong keys or shapes."""
+
+
+class ChecksumError(WeightsError):
+    """A file's sha256 does not match the expected one."""
+
+
+class DownloadError(WeightsError):
+    """A download failed or was cut short."""
+
+
+class InputError(RefineError):
+    """An input file (image or mask) cannot be read or does not fit."""
+
+
+class DataError(RefineError):
+    """A dataset is missing files or holds pairs that do not fit (reported before training starts)."""
+
+
+class TrainingError(RefineError):
+    """Training cannot go on (non-finite loss, incompatible resume)."""

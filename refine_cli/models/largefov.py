@@ -1,0 +1,2 @@
+"""(in progress) DeepLab-LargeFOV."""
+def deeplab_largefov(**kw): raise NotImplementedError

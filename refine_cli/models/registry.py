@@ -1,0 +1,125 @@
+"""The model registry: a plain dict from name to a `ModelSpec`, and keyword-only `build`.
+
+A spec says what kind of network a name is, how its input must be prepared, which builder makes it and
+with which fixed arguments (compact variants are the same builder with a smaller width). Behaviour flags
+live here, never in `name.startswith(...)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from torch import nn
+
+from refine_cli.errors import UnknownNameError
+from refine_cli.models import fcn_vgg, guidance, largefov, segmentation, spn
+from refine_cli.transforms import CAFFE_FCN, IMAGENET, Preprocess
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """builder: keyword-only callable returning the module.
+    kind: "base" (image -> logits) or "refiner" (image, coarse probabilities -> logits).
+    preprocess: the input the network expects by default (a checkpoint's metadata overrides it).
+    defaults: builder arguments fixed by this name.
+    trunk: the ImageNet trunk checkpoint (a `weights` name) used to initialise training, if any.
+    """
+
+    builder: Callable[..., nn.Module]
+    kind: Literal["base", "refiner"]
+    preprocess: Preprocess
+    description: str
+    defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    trunk: str | None = None
+
+
+def _fixed(**kwargs: Any) -> Mapping[str, Any]:
+    return MappingProxyType(kwargs)
+
+
+MODELS: Mapping[str, ModelSpec] = MappingProxyType({
+    # FCN (Long et al.), key-for-key the PyTorch port of the Caffe VOC weights.
+    "fcn32s_vgg16": ModelSpec(fcn_vgg.fcn32s, "base", CAFFE_FCN, "FCN-32s, VGG-16 (Long et al.)", trunk="vgg16"),
+    "fcn16s_vgg16": ModelSpec(fcn_vgg.fcn16s, "base", CAFFE_FCN, "FCN-16s, VGG-16 (Long et al.)", trunk="vgg16"),
+    "fcn8s_vgg16": ModelSpec(fcn_vgg.fcn8s, "base", CAFFE_FCN, "FCN-8s, VGG-16 (Long et al.)", trunk="vgg16"),
+    "fcn8s_vgg16_compact": ModelSpec(
+        fcn_vgg.fcn8s, "base", IMAGENET, "FCN-8s with a quarter-width VGG-16 trunk, for CPUs",
+        defaults=_fixed(width=0.25, fc_channels=256),
+    ),
+    # DeepLab v1/v2 LargeFOV.
+    "deeplab_largefov_vgg16": ModelSpec(
+        largefov.deeplab_largefov, "base", IMAGENET, "DeepLab-LargeFOV, VGG-16 (Chen et al.)", trunk="vgg16"
+    ),
+    "deeplab_largefov_vgg16_compact": ModelSpec(
+        largefov.deeplab_largefov, "base", IMAGENET, "DeepLab-LargeFOV with a quarter-width VGG-16 trunk",
+        defaults=_fixed(width=0.25, fc_channels=256),
+    ),
+    # torchvision-compatible dilated ResNet / MobileNetV3 models.
+    "fcn_resnet50": ModelSpec(
+        segmentation.fcn_resnet, "base", IMAGENET, "FCN head on dilated ResNet-50 (torchvision layout)",
+        defaults=_fixed(depth=50), trunk="resnet50",
+    ),
+    "fcn_resnet101": ModelSpec(
+        segmentation.fcn_resnet, "base", IMAGENET, "FCN head on dilated ResNet-101 (torchvision layout)",
+        defaults=_fixed(depth=101), trunk="resnet101",
+    ),
+    "deeplabv3_resnet50": ModelSpec(
+        segmentation.deeplabv3_resnet, "base", IMAGENET, "DeepLabV3 on dilated ResNet-50 (torchvision layout)",
+        defaults=_fixed(depth=50), trunk="resnet50",
+    ),
+    "deeplabv3_resnet101": ModelSpec(
+        segmentation.deeplabv3_resnet, "base", IMAGENET, "DeepLabV3 on dilated ResNet-101 (torchvision layout)",
+        defaults=_fixed(depth=101), trunk="resnet101",
+    ),
+    "deeplabv3_resnet50_compact": ModelSpec(
+        segmentation.deeplabv3_resnet, "base", IMAGENET, "DeepLabV3 on a quarter-width dilated ResNet-50",
+        defaults=_fixed(depth=50, width=0.25, aux_loss=False),
+    ),
+    "deeplabv3_mobilenet_v3_large": ModelSpec(
+        segmentation.deeplabv3_mobilenet_v3_large, "base", IMAGENET,
+        "DeepLabV3 on MobileNetV3-Large (torchvision layout)",
+    ),
+    # Spatial propagation refiners (Liu et al. 2017).
+    "spn_universal": ModelSpec(
+        spn.spn_universal, "refiner", IMAGENET,
+        "Universal SPN refiner: VGG-16 guidance, any number of classes", trunk="vgg16",
+    ),
+    "spn_universal_compact": ModelSpec(
+        spn.spn_universal, "refiner", IMAGENET, "Universal SPN refiner with the compact guidance net",
+        defaults=_fixed(guidance="compact"),
+    ),
+    "spn_voc21": ModelSpec(
+        spn.spn_voc21, "refiner", IMAGENET, "SPN as released for VOC: 21 classes in, 32 hidden channels",
+        trunk="vgg16",
+    ),
+})
+
+
+def names(kind: str | None = None) -> list[str]:
+    """Registered names, optionally only those of one kind ("base" or "refiner")."""
+    return [n for n, s in MODELS.items() if kind is None or s.kind == kind]
+
+
+def spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownNameError("model", name, list(MODELS)) from None
+
+
+def arch_args(name: str, *, num_classes: int = 21, **kwargs: Any) -> dict[str, Any]:
+    """The full argument set `build` uses for `name`: what a checkpoint records to rebuild the net.
+    Base nets take `num_classes`; refiners are class-agnostic (or fix their class count themselves)."""
+    s = spec(name)
+    args = {**s.defaults, **kwargs}
+    if s.kind == "base":
+        args["num_classes"] = num_classes
+    return args
+
+
+def build(name: str, *, num_classes: int = 21, **kwargs: Any) -> nn.Module:
+    """Build a registered network. Keyword arguments override the spec's defaults."""
+    return spec(name).builder(**arch_args(name, num_classes=num_classes, **kwargs))

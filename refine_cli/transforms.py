@@ -1,0 +1,84 @@
+"""Pure tensor preprocessing driven by a checkpoint's metadata (colour order, scale, mean/std, resize).
+
+Images enter as float RGB in [0, 1], shape (N, 3, H, W); what a network sees is decided here only, from its
+`Preprocess`, never by a hard-coded mean elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The Caffe FCN models take BGR in 0..255 minus this per-channel mean (pytorch-fcn port of Long et al.).
+CAFFE_BGR_MEAN = (104.00699, 116.66877, 122.67891)
+
+ResizeRule = Literal["none", "short_side", "long_side"]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a network wants its input.
+
+    color_order: channel order fed to the network.
+    scale: the [0, 1] image is multiplied by this before the mean is subtracted (255 for Caffe models).
+    mean, std: per channel, in the network's colour order and scale.
+    resize: "none", "short_side" (short side to `size`, as torchvision's VOC models) or "long_side"
+        (long side to `size` when larger). The network's output is resized back to the input size.
+    """
+
+    color_order: Literal["RGB", "BGR"] = "RGB"
+    scale: float = 1.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resize: ResizeRule = "none"
+    size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
+        d = dict(d)
+        d["mean"] = tuple(float(v) for v in d.get("mean", IMAGENET_MEAN))
+        d["std"] = tuple(float(v) for v in d.get("std", IMAGENET_STD))
+        return cls(**d)
+
+
+CAFFE_FCN = Preprocess(color_order="BGR", scale=255.0, mean=CAFFE_BGR_MEAN, std=(1.0, 1.0, 1.0))
+IMAGENET = Preprocess()
+
+
+def normalize(images: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """(N, 3, H, W) float RGB in [0, 1] -> the network's input: colour order, scale, mean/std applied."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected (N, 3, H, W) images, got {tuple(images.shape)}")
+    x = images.flip(1) if pre.color_order == "BGR" else images
+    mean = torch.tensor(pre.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * pre.scale - mean) / std
+
+
+def resized_shape(height: int, width: int, pre: Preprocess) -> tuple[int, int]:
+    """The (H, W) the network runs at for an input of (height, width) under `pre.resize`."""
+    if pre.resize == "none" or pre.size is None:
+        return height, width
+    if pre.resize == "short_side":
+        s = pre.size / min(height, width)
+    elif pre.resize == "long_side":
+        s = min(1.0, pre.size / max(height, width))
+    else:
+        raise ValueError(f"unknown resize rule {pre.resize!r}")
+    return max(1, round(height * s)), max(1, round(width * s))
+
+
+def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear, antialiased when shrinking; a no-op at the same size."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    shrink = size[0] < images.shape[-2] or size[1] < images.shape[-1]
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrink)
