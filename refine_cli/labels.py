@@ -1,0 +1,25 @@
+"""Class names and colour palettes: the PASCAL VOC defaults every checkpoint and mask writer falls back on."""
+
+from __future__ import annotations
+
+VOC_CLASSES: tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+IGNORE_INDEX = 255
+
+
+def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
+    """The VOC colour map: class i's colour spreads the bits of i over the high bits of R, G, B.
+    Entry 255 (the "ignore" label) is (224, 224, 192) as in the VOC development kit."""
+    palette = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
