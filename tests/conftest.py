@@ -1,0 +1,39 @@
+"""Shared test helpers. `tv` (or `import_torchvision()`) gives torchvision for parity tests against its
+models; tests using it skip cleanly where it cannot be imported."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import pytest
+import torch
+
+# torchvision is installed without its compiled extension, yet its fake-kernel registrations refer to
+# these two operators: their schemas must exist before `import torchvision`. The Library object must
+# stay alive (its registrations vanish when it is garbage collected), hence a module global.
+_TORCHVISION_SCHEMAS = {
+    "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+}
+_torchvision_library: torch.library.Library | None = None
+
+
+def import_torchvision() -> ModuleType:
+    """Define the missing `torchvision::nms/qnms` schemas once (never twice: a second definition, or a
+    second "DEF" library, raises), then import torchvision or skip the calling test."""
+    global _torchvision_library
+    missing = [name for name in _TORCHVISION_SCHEMAS if not hasattr(torch.ops.torchvision, name)]
+    if missing and _torchvision_library is None:
+        try:
+            _torchvision_library = torch.library.Library("torchvision", "DEF")
+        except RuntimeError:  # another module already holds the "DEF" library: add to it
+            _torchvision_library = torch.library.Library("torchvision", "FRAGMENT")
+    for name in missing:
+        _torchvision_library.define(_TORCHVISION_SCHEMAS[name])
+    return pytest.importorskip("torchvision")
+
+
+@pytest.fixture(scope="session")
+def tv() -> ModuleType:
+    """The torchvision module (skips the test where it is not importable)."""
+    return import_torchvision()
