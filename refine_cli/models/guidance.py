@@ -1,1 +1,73 @@
-"""(in progress) guidance networks."""
+"""The SPN guidance network: an image-only VGG-16 encoder/decoder that outputs the propagation gates.
+
+As released with the SPN VOC model (Liu et al. 2017): conv1_1..conv5_3 (ImageNet-initialised), then a decoder
+that upsamples by 2 four times, each time a 3x3 conv (+ReLU, the last +ELU) summed with the encoder skip of the
+same size (conv5_3, conv4_3, conv3_3), and a linear 3x3 conv to 4 directions x 3 gates x C channels at half the
+input resolution. The coarse mask never enters it: the gates depend on the image alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from refine_cli.models.common import scaled
+from refine_cli.models.vgg import VGG16Trunk
+
+NUM_DIRECTIONS = 4
+GATES_PER_DIRECTION = 3
+
+
+def half_size(height: int, width: int) -> tuple[int, int]:
+    """The propagation resolution for an (height, width) input: what a 4x4 stride-2 conv with padding 1 gives."""
+    return max(1, height // 2), max(1, width // 2)
+
+
+class GuidanceNet(VGG16Trunk):
+    """Image -> raw gates for the four directions.
+
+    width: VGG width multiplier (1.0: the released VGG-16; the compact refiner uses a narrow one).
+    channels: C, the number of hidden channels the gates are for.
+    last_channels: width of the last decoder conv (before width scaling). The first three decoder convs have
+        the widths of conv5_3, conv4_3 and conv3_3, the skips their outputs are summed with.
+    """
+
+    def __init__(self, *, channels: int, width: float = 1.0, last_channels: int = 128) -> None:
+        super().__init__(width=width)
+        c3, c4, c5 = self.block_channels[2], self.block_channels[3], self.block_channels[4]
+        last = scaled(last_channels, width)
+        self.channels = channels
+        self.up5 = nn.Conv2d(c5, c5, 3, padding=1)  # 1/32 -> 1/16, + conv5_3
+        self.up4 = nn.Conv2d(c5, c4, 3, padding=1)  # 1/16 -> 1/8, + conv4_3
+        self.up3 = nn.Conv2d(c4, c3, 3, padding=1)  # 1/8 -> 1/4, + conv3_3
+        self.up2 = nn.Conv2d(c3, last, 3, padding=1)  # 1/4 -> 1/2, ELU
+        self.gates = nn.Conv2d(last, NUM_DIRECTIONS * GATES_PER_DIRECTION * channels, 3, padding=1)
+        for conv in (self.up5, self.up4, self.up3, self.up2):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        # Small initial gates: the untrained propagation starts close to the identity on its input.
+        nn.init.normal_(self.gates.weight, std=1e-3)
+        nn.init.zeros_(self.gates.bias)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image: (N, 3, H, W) float, normalised for this network (ImageNet mean/std, RGB), any H, W >= 2.
+
+        Returns raw (unnormalised) gates (N, 4, 3, C, H // 2, W // 2): directions in the order of
+        `refine_cli.ops.DIRECTIONS`, then g1, g2, g3, then the C hidden channels.
+        """
+        f = self.forward_trunk(image)
+        h = f.pool5
+        h = F.relu(self.up5(_up(h, f.conv5_3)), inplace=True) + f.conv5_3
+        h = F.relu(self.up4(_up(h, f.conv4_3)), inplace=True) + f.conv4_3
+        h = F.relu(self.up3(_up(h, f.conv3_3)), inplace=True) + f.conv3_3
+        size = half_size(image.shape[-2], image.shape[-1])
+        h = F.elu(self.up2(F.interpolate(h, size=size, mode="bilinear", align_corners=False)))
+        g = self.gates(h)
+        n = g.shape[0]
+        return g.view(n, NUM_DIRECTIONS, GATES_PER_DIRECTION, self.channels, *size)
+
+
+def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Bilinear upsampling to the skip's size (x2 for even sizes; exact for any size)."""
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)

@@ -89,7 +89,7 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
     ),
     "spn_universal_compact": ModelSpec(
         spn.spn_universal, "refiner", IMAGENET, "Universal SPN refiner with the compact guidance net",
-        defaults=_fixed(guidance="compact"),
+        defaults=_fixed(guidance_width=0.125, hidden=16, mid_channels=16),
     ),
     "spn_voc21": ModelSpec(
         spn.spn_voc21, "refiner", IMAGENET, "SPN as released for VOC: 21 classes in, 32 hidden channels",

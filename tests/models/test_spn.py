@@ -1,0 +1,100 @@
+"""The guidance net and the SPN refiner: shapes, the universal form's per-class sharing, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from refine_cli import models
+from refine_cli.models.guidance import GuidanceNet
+from refine_cli.models.spn import SpatialPropagation, spn_universal, spn_voc21, suppress_absent_classes
+from refine_cli.ops import DIRECTIONS, normalize_gates, propagate
+
+
+def _probs(n, k, h, w, seed=0):
+    return torch.softmax(torch.randn(n, k, h, w, generator=torch.Generator().manual_seed(seed)) * 3, dim=1)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (37, 53), (64, 48)])
+def test_guidance_gate_shape(size):
+    net = GuidanceNet(channels=4, width=0.125)
+    gates = net(torch.randn(2, 3, *size))
+    assert gates.shape == (2, 4, 3, 4, size[0] // 2, size[1] // 2)
+
+
+def test_spatial_propagation_is_max_over_directions_twice():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 3, 6, 7, generator=gen)
+    gates = torch.randn(1, 4, 3, 3, 6, 7, generator=gen)
+    normed = [normalize_gates(gates[:, d]) for d in range(4)]
+    expected = x
+    for _ in range(2):
+        expected = torch.stack([propagate(expected, g, d) for g, d in zip(normed, DIRECTIONS)]).amax(0)
+    torch.testing.assert_close(SpatialPropagation(passes=2)(x, gates), expected)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_universal_refiner_any_number_of_classes(k):
+    refiner = spn_universal(guidance_width=0.125, hidden=4, mid_channels=4).eval()
+    out = refiner(torch.randn(2, 3, 33, 41), _probs(2, k, 33, 41))
+    assert out.shape == (2, k, 33, 41) and torch.isfinite(out).all()
+
+
+def test_universal_refiner_refines_each_class_alone_with_shared_weights():
+    refiner = spn_universal(guidance_width=0.125, hidden=4, mid_channels=4).eval()
+    image, coarse = torch.randn(1, 3, 32, 32), _probs(1, 3, 32, 32)
+    together = refiner(image, coarse)
+    for c in range(3):
+        alone = refiner(image, coarse[:, c : c + 1])
+        torch.testing.assert_close(together[:, c : c + 1], alone, rtol=1e-5, atol=1e-5)
+    # A class permutation permutes the output the same way.
+    perm = torch.tensor([2, 0, 1])
+    torch.testing.assert_close(refiner(image, coarse[:, perm]), together[:, perm], rtol=1e-5, atol=1e-5)
+
+
+def test_joint_refiner_takes_its_class_count_only():
+    refiner = spn_voc21(classes=4, guidance_width=0.125, hidden=4, mid_channels=8).eval()
+    assert refiner(torch.randn(1, 3, 32, 32), _probs(1, 4, 32, 32)).shape == (1, 4, 32, 32)
+    with pytest.raises(ValueError, match="takes 4 class maps"):
+        refiner(torch.randn(1, 3, 32, 32), _probs(1, 3, 32, 32))
+
+
+def test_refiner_rejects_mismatched_sizes():
+    refiner = spn_universal(guidance_width=0.125, hidden=4, mid_channels=4)
+    with pytest.raises(ValueError, match="must share"):
+        refiner(torch.randn(1, 3, 32, 32), _probs(1, 2, 30, 32))
+
+
+def test_every_refiner_parameter_gets_a_gradient():
+    refiner = spn_universal(guidance_width=0.125, hidden=4, mid_channels=4)
+    out = refiner(torch.randn(2, 3, 32, 32), _probs(2, 3, 32, 32))
+    torch.nn.functional.cross_entropy(out, torch.randint(0, 3, (2, 32, 32))).backward()
+    missing = [n for n, p in refiner.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+
+
+def test_propagation_uses_the_image():
+    # Gates come from the image: a different image changes the refined output for the same coarse map.
+    refiner = spn_universal(guidance_width=0.125, hidden=4, mid_channels=4).eval()
+    torch.nn.init.normal_(refiner.guidance.gates.weight, std=0.1)
+    coarse = _probs(1, 2, 32, 32)
+    a = refiner(torch.randn(1, 3, 32, 32), coarse)
+    b = refiner(torch.randn(1, 3, 32, 32), coarse)
+    assert not torch.allclose(a, b)
+
+
+def test_suppress_absent_classes():
+    coarse = torch.zeros(1, 3, 2, 2)
+    coarse[0, 0] = 0.6
+    coarse[0, 2, 0, 0] = 0.9  # class 2 wins one pixel, class 1 none
+    logits = torch.randn(1, 3, 2, 2)
+    out = suppress_absent_classes(logits, coarse)
+    assert torch.isinf(out[0, 1]).all()
+    torch.testing.assert_close(out[0, [0, 2]], logits[0, [0, 2]])
+
+
+@pytest.mark.parametrize("name", models.names("refiner"))
+def test_registry_builds_refiners(name):
+    refiner = models.build(name)
+    assert isinstance(refiner, torch.nn.Module)
+    assert models.spec(name).kind == "refiner"
