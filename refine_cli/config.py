@@ -13,3 +13,107 @@ class CacheConfig:
     default_dir: str = "~/.cache/refine-cli"
     chunk_bytes: int = 1 << 20
     timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The synthetic segmentation world (`refine-cli data synth`): shapes define the classes, textures come from
+    real photographs shared by every class, and the image degrades as real ones do. Ranges are (low, high)."""
+
+    n: int = 1000
+    seed: int = 0
+    height: int = 160
+    width: int = 160
+    val_fraction: float = 0.2
+    supersample: int = 4  # shapes rasterised at 4x and area-averaged: antialiased edges, majority labels
+    objects: tuple[int, int] = (2, 6)  # labelled shapes per image, inclusive
+    distractors: tuple[int, int] = (1, 3)  # background-class clutter (blobs, boxes) per image, inclusive
+    radius: tuple[float, float] = (0.10, 0.45)  # object radius / short side, log-uniform (~82 % background)
+    aspect: tuple[float, float] = (0.8, 1.25)  # mild anisotropic stretch, as from a slanted view
+    line_width_px: tuple[float, float] = (1.5, 4.0)  # the thin "bars" class, at the final resolution
+    border_margin: float = 0.15  # centres fall up to this fraction outside the image: shapes cut by the border
+    split_background_p: float = 0.5  # a second background texture behind a wavy edge that is no label edge
+    shadow_p: float = 0.3
+    texture_scale: tuple[float, float] = (0.5, 2.0)  # texture pixels per output pixel
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.3, 1.2)
+    noise_sigma: tuple[float, float] = (0.0, 8.0)  # Gaussian, on the 0..255 scale
+    jpeg_quality: tuple[int, int] = (60, 95)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Joint random affine for refiner training (Liu et al. 2017, SPN as released: rotation +/-15 deg,
+    scale +/-10 %, shift up to half the longer side), applied to image, label and coarse probabilities."""
+
+    rotation_deg: float = 15.0
+    scale: float = 0.1
+    shift_fraction: float = 0.5
+    image_fill: float = 0.0  # outside the source image, on the image's own scale (0..255 for uint8)
+    probs_fill: str = "uniform"  # "uniform" or "background": coarse probabilities outside the source image
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """Training crops as released: 10 random 128x128 crops per image, redrawn (up to 10 times) while a crop
+    holds fewer than 2 labels."""
+
+    size: int = 128
+    crops_per_image: int = 10
+    min_labels: int = 2
+    max_tries: int = 10
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    """Where checkpoints live besides the cache: the bundled folder (the environment variable moves it), the
+    cache's sub-folders, the manifest of recorded sha256 sums, and the torchvision download host."""
+
+    bundled_env_var: str = "REFINE_CLI_BUNDLED"
+    suffix: str = ".pt"
+    downloads_subdir: str = "downloads"
+    checkpoints_subdir: str = "checkpoints"
+    manifest_name: str = "manifest.json"
+    torchvision_url: str = "https://download.pytorch.org/models/"
+
+
+@dataclass(frozen=True)
+class IOConfig:
+    """Reading and writing images and masks.
+
+    max_image_pixels: our decompression-bomb guard, checked on the header before decoding: 2**27 pixels
+        (134 MP, e.g. 16384x8192, about 400 MB as RGB uint8). Above Pillow's warning threshold (89.5 MP) and
+        below its hard error (179 MP); Pillow's own global `Image.MAX_IMAGE_PIXELS` is never changed, so its
+        hard error still caps a larger value set here.
+    alpha_background: transparent pixels (RGBA, LA, palette transparency) are composited over this colour.
+    overlay_*: the look of `write_overlay` (JPEG quality, fill opacity, contour colour; the contour is
+        `overlay_boundary_px` wide for every 512 pixels of the shorter side, at least 1).
+    """
+
+    image_suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+    max_image_pixels: int = 1 << 27
+    alpha_background: tuple[int, int, int] = (255, 255, 255)
+    overlay_alpha: float = 0.5
+    overlay_quality: int = 90
+    overlay_boundary_colour: tuple[int, int, int] = (255, 255, 255)
+    overlay_boundary_px: int = 1
+
+
+@dataclass(frozen=True)
+class CRFConfig:
+    """Dense CRF (Kraehenbuehl & Koltun, NIPS 2011) as tuned for DeepLab-CRF-LargeFOV on VOC 2012 val
+    (Chen et al., ICLR 2015; the deeplab-public README lists bi_w=4, bi_xy_std=121, bi_rgb_std=5, pos_w=3,
+    pos_xy_std=3). The paper fixes 10 mean-field iterations and the smoothness kernel (w2=3, sigma_gamma=3)
+    and cross-validates the appearance kernel on val images. The sigmas are in pixels and 0..255 colour
+    units of ~500 px VOC images: rescale bilateral_sxy for much larger or smaller images.
+    prob_floor: probabilities are clipped to this before the unary -log(p), as pydensecrf's
+    `unary_from_softmax` (clip=1e-5).
+    """
+
+    iterations: int = 10
+    gaussian_sxy: float = 3.0
+    gaussian_compat: float = 3.0
+    bilateral_sxy: float = 121.0
+    bilateral_srgb: float = 5.0
+    bilateral_compat: float = 4.0
+    prob_floor: float = 1e-5
