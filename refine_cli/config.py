@@ -117,3 +117,22 @@ class CRFConfig:
     bilateral_srgb: float = 5.0
     bilateral_compat: float = 4.0
     prob_floor: float = 1e-5
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Inference defaults: the bundled networks, batching, the size networks run at, worker threads.
+
+    base / refiner: names of the bundled default checkpoints (weights/<name>.pt).
+    batch_size: None picks 8 on a GPU and 1 on a CPU (a CPU gains nothing from batching; a batch that runs out
+        of GPU memory is halved and retried).
+    max_side: images whose long side exceeds this run scaled down, and their probabilities are resized back.
+    """
+
+    base: str = "synth_fcn8s_compact"
+    refiner: str = "synth_spn_universal_compact"
+    gpu_batch_size: int = 8
+    cpu_batch_size: int = 1
+    max_side: int = 2048
+    decode_workers: int = 4
+    write_workers: int = 2

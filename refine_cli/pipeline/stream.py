@@ -1,0 +1,195 @@
+"""Streaming inference over files: background decoding, size buckets, batches, per-file failures.
+
+Images are decoded by a thread pool ahead of the GPU, grouped by size into batches (no padding, so a batch gives
+exactly what each image would give alone), and run through the `Engine`. A file that cannot be read, or a batch
+that runs out of memory at size 1, becomes a `Failure`; the stream goes on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+
+from refine_cli import io
+from refine_cli.errors import InputError
+from refine_cli.pipeline.engine import Engine, stack_images
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to refine: where it is, its path relative to the input root, and an optional coarse mask file."""
+
+    path: Path
+    relative: PurePosixPath
+    mask_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    """The refinement of one image.
+
+    labels: refined label map (H, W), uint8 (int64 beyond 256 classes); the base output when there is no refiner.
+    coarse: the coarse label map (base network's argmax, or the given mask).
+    probs / coarse_probs: (K, H, W) float32 probabilities, when asked for.
+    image: the decoded (H, W, 3) uint8 RGB image (for overlays).
+    """
+
+    labels: np.ndarray
+    coarse: np.ndarray
+    image: np.ndarray
+    probs: np.ndarray | None = None
+    coarse_probs: np.ndarray | None = None
+    path: Path | None = None
+    relative: PurePosixPath | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A file that could not be refined, and why (one line)."""
+
+    path: Path
+    relative: PurePosixPath
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    job: Job
+    image: np.ndarray
+    mask: np.ndarray | None
+
+
+class _DecodeClock:
+    """Decode seconds summed over worker threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.lock = engine, threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self.lock:
+            self.engine.times.decode += seconds
+
+
+def _decode(job: Job, num_classes: int | None, clock: _DecodeClock) -> _Decoded:
+    start = time.perf_counter()
+    image = io.read_image(job.path)
+    mask = None
+    if job.mask_path is not None:
+        mask = io.read_mask(job.mask_path, num_classes=num_classes)
+        if mask.shape != image.shape[:2]:
+            raise InputError(
+                f"{job.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {job.path.name} is "
+                f"{image.shape[1]}x{image.shape[0]}; a coarse mask must have its image's size"
+            )
+    clock.add(time.perf_counter() - start)
+    return _Decoded(job, image, mask)
+
+
+def stream(
+    engine: Engine,
+    jobs: Iterable[Job],
+    *,
+    batch_size: int,
+    workers: int = 4,
+    num_classes: int | None = None,
+    want_probs: bool = False,
+    want_coarse_probs: bool = False,
+) -> Iterator[RefineResult | Failure]:
+    """Refine `jobs`, yielding one RefineResult or Failure per job as batches finish (not in input order).
+
+    At most `2 * batch_size` decoded images wait in size buckets: when no bucket fills, the oldest is run
+    part-full, so a folder of all-different sizes still streams in bounded memory."""
+    clock = _DecodeClock(engine)
+    pin = engine.device.type == "cuda"
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="refine-decode")
+    pending: deque[tuple[Job, Future[_Decoded]]] = deque()
+    buckets: OrderedDict[tuple[int, int, bool], list[_Decoded]] = OrderedDict()
+    prefetch = max(2 * batch_size, 2 * workers)
+    job_iter = iter(jobs)
+    state = {"batch": batch_size}
+
+    def fill() -> None:
+        while len(pending) < prefetch:
+            job = next(job_iter, None)
+            if job is None:
+                return
+            pending.append((job, pool.submit(_decode, job, num_classes, clock)))
+
+    def run(group: list[_Decoded]) -> Iterator[RefineResult | Failure]:
+        for start in range(0, len(group), state["batch"]):
+            yield from _run_batch(group[start : start + state["batch"]])
+
+    def _run_batch(group: list[_Decoded]) -> Iterator[RefineResult | Failure]:
+        masks = [d.mask for d in group]
+        try:
+            out = engine.run(
+                stack_images([d.image for d in group], pin=pin),
+                torch.from_numpy(np.stack(masks)) if masks[0] is not None else None,
+                num_classes=num_classes,
+                want_probs=want_probs,
+                want_coarse_probs=want_coarse_probs,
+            )
+        except torch.OutOfMemoryError:
+            if engine.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(group) == 1:
+                d = group[0]
+                h, w = d.image.shape[:2]
+                yield Failure(d.job.path, d.job.relative, f"out of memory at {w}x{h}; lower --max-side")
+                return
+            state["batch"] = max(1, len(group) // 2)  # later batches stay at the size that fits
+            yield from run(group)
+            return
+        except (RuntimeError, ValueError) as exc:
+            if len(group) > 1:  # isolate the image that fails
+                for d in group:
+                    yield from _run_batch([d])
+                return
+            d = group[0]
+            yield Failure(d.job.path, d.job.relative, f"inference failed: {str(exc).splitlines()[0]}")
+            return
+        for i, d in enumerate(group):
+            yield RefineResult(
+                labels=out.labels[i],
+                coarse=out.coarse[i],
+                image=d.image,
+                probs=out.probs[i] if out.probs is not None else None,
+                coarse_probs=out.coarse_probs[i] if out.coarse_probs is not None else None,
+                path=d.job.path,
+                relative=d.job.relative,
+            )
+
+    try:
+        fill()
+        held = 0
+        while pending:
+            job, future = pending.popleft()
+            fill()
+            try:
+                decoded = future.result()
+            except InputError as exc:
+                yield Failure(job.path, job.relative, str(exc))
+                continue
+            key = (*decoded.image.shape[:2], decoded.mask is not None)
+            buckets.setdefault(key, []).append(decoded)
+            held += 1
+            if len(buckets[key]) >= state["batch"]:
+                group = buckets.pop(key)
+            elif held >= prefetch:
+                group = buckets.pop(next(iter(buckets)))
+            else:
+                continue
+            held -= len(group)
+            yield from run(group)
+        while buckets:
+            yield from run(buckets.pop(next(iter(buckets))))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
