@@ -18,5 +18,13 @@ def _root() -> None:
     """Sharper segmentation masks: a base segmenter plus a learned spatial propagation refiner."""
 
 
+from refine_cli.cli.refine import refine, segment  # noqa: E402
+app.command(rich_help_panel="Run")(refine)
+app.command(rich_help_panel="Run")(segment)
+from refine_cli.cli.weights import weights_app  # noqa: E402  (sub-apps register after the root app exists)
+app.add_typer(weights_app, name="weights", help="List, download, import, verify and inspect checkpoints.")
+from refine_cli.cli.data import app as data_app  # noqa: E402
+app.add_typer(data_app, name="data")
+
 def main() -> None:
     app()

@@ -164,9 +164,24 @@ class Refiner:
         shard: tuple[int, int] | None = None,
     ) -> Iterator[FileEvent]:
         """Refine files, folders (recursive) and globs into `out_dir`, mirroring the input tree; finished outputs are
-        skipped unless `options.overwrite`. `shard=(rank, world)` takes every world-th input from the rank-th on,
-        so several processes split one run. Yields a FileEvent per input."""
+        skipped unless `options.overwrite`. Yields a FileEvent per input (see `refine_items`)."""
         items = io.list_inputs([str(p) for p in inputs])
+        return self.refine_items(
+            items, out_dir, masks_dir=masks_dir, num_classes=num_classes, options=options, shard=shard
+        )
+
+    def refine_items(
+        self,
+        items: Sequence[io.InputItem],
+        out_dir: str | PathLike[str],
+        *,
+        masks_dir: str | PathLike[str] | None = None,
+        num_classes: int | None = None,
+        options: FolderOptions = FolderOptions(),
+        shard: tuple[int, int] | None = None,
+    ) -> Iterator[FileEvent]:
+        """`refine_folder` on an already listed input set (`io.list_inputs`). `shard=(rank, world)` takes every
+        world-th item from the rank-th on, so several processes split one run without overlap."""
         if shard is not None:
             rank, world = shard
             items = items[rank::world]
@@ -177,9 +192,7 @@ class Refiner:
             Path(out_dir),
             options=options,
             palette=self.palette,
-            refine=lambda jobs: self._stream(
-                jobs, num_classes=num_classes, return_probs=options.save_probs
-            ),
+            refine=lambda jobs: self._stream(jobs, num_classes=num_classes, return_probs=options.save_probs),
             masks_dir=Path(masks_dir) if masks_dir is not None else None,
             writers=self.writers,
             times=self.engine.times,

@@ -1,0 +1,180 @@
+"""`refine-cli refine` and `refine-cli segment`: folder runs through `Refiner`, with a Rich progress bar and a
+summary table. Exit codes: 0 all files done (or already done), 1 some failed, 2 usage error, 130 interrupted."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from refine_cli import io
+from refine_cli.cli.common import cli_errors, console, err_console
+from refine_cli.config import PipelineConfig
+from refine_cli.pipeline import FolderOptions, FolderSummary, Refiner
+from refine_cli.pipeline.distributed import Shard, gather_summaries, shard_from_env
+
+DEFAULT = PipelineConfig()
+MODELS, OUTPUTS, RUN = "Networks", "Outputs", "Execution"
+
+Inputs = Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")]
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder; the input tree is mirrored inside it.",
+                                      file_okay=False, rich_help_panel=OUTPUTS)]
+Base = Annotated[str, typer.Option("--base", help="Base segmenter: a checkpoint name or path ('default': bundled).",
+                                   rich_help_panel=MODELS)]
+Masks = Annotated[Optional[Path], typer.Option(
+    "--masks", help="Refine coarse masks from this folder instead of running a base segmenter (matched by relative "
+    "path and stem; palette, grey-index or binary 0/255 PNGs).", exists=True, file_okay=False, rich_help_panel=MODELS)]
+NumClasses = Annotated[Optional[int], typer.Option(
+    "--num-classes", min=2, help="Class count of the --masks (default: read from each mask).", rich_help_panel=MODELS)]
+Overlay = Annotated[bool, typer.Option("--overlay/--no-overlay", help="Also write overlays/<path>.jpg.",
+                                       rich_help_panel=OUTPUTS)]
+SaveProbs = Annotated[bool, typer.Option("--save-probs", help="Also write probs/<path>.npz (float16).",
+                                         rich_help_panel=OUTPUTS)]
+SaveCoarse = Annotated[bool, typer.Option("--save-coarse", help="Also write the coarse mask, coarse/<path>.png.",
+                                          rich_help_panel=OUTPUTS)]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo inputs whose outputs exist (default: skip them, "
+                                         "so a stopped run resumes).", rich_help_panel=OUTPUTS)]
+JsonOut = Annotated[Optional[str], typer.Option("--json", help="Write the summary as JSON to this file ('-': stdout).",
+                                                rich_help_panel=OUTPUTS)]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N. A GPU asked for but absent is an "
+                                     "error.", rich_help_panel=RUN)]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per batch (default: "
+                      f"{DEFAULT.gpu_batch_size} on a GPU, {DEFAULT.cpu_batch_size} on a CPU).", rich_help_panel=RUN)]
+Precision = Annotated[str, typer.Option("--precision", help="fp32, or fp16 / bf16 autocast (fp16 needs a GPU).",
+                                        rich_help_panel=RUN)]
+MaxSide = Annotated[int, typer.Option("--max-side", min=16, help="Images with a longer side run scaled down to it.",
+                                      rich_help_panel=RUN)]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile both networks (GPU).", rich_help_panel=RUN)]
+Workers = Annotated[int, typer.Option("--workers", min=1, help="Decoding threads.", rich_help_panel=RUN)]
+
+
+class _Speed(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.1f} img/s" if task.speed else "- img/s", style="progress.data.speed")
+
+
+def _summary_table(summary: FolderSummary, title: str) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("processed", str(summary.processed))
+    table.add_row("skipped (already done)", str(summary.skipped))
+    table.add_row("failed", f"[red]{len(summary.failed)}[/]" if summary.failed else "0")
+    table.add_row("time", f"{summary.seconds:.1f} s")
+    table.add_row("throughput", f"{summary.images_per_s:.2f} img/s")
+    table.add_row("device", summary.device)
+    return table
+
+
+def _failures_table(summary: FolderSummary, limit: int = 20) -> Table:
+    table = Table(title="Files that could not be refined", box=box.SIMPLE_HEAD, title_style="red")
+    table.add_column("file", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    for path, reason in summary.failed[:limit]:
+        table.add_row(path, reason)
+    if len(summary.failed) > limit:
+        table.add_row(f"... and {len(summary.failed) - limit} more", "(all of them are in --json)")
+    return table
+
+
+def _run(
+    inputs: list[str], out: Path, *, base: str, refiner: str, masks: Path | None, num_classes: int | None,
+    overlay: bool, save_probs: bool, save_coarse: bool, overwrite: bool, json_out: str | None, device: str,
+    batch_size: int | None, precision: str, max_side: int, compile: bool, workers: int,
+) -> None:
+    view: Console = err_console if json_out == "-" else console
+    summary = FolderSummary()
+    interrupted = False
+    with cli_errors():
+        shard: Shard | None = shard_from_env(device)
+        items = io.list_inputs(inputs)
+        model = Refiner(
+            base=None if masks is not None else base,
+            refiner=refiner,
+            device=shard.device if shard is not None else device,
+            batch_size=batch_size,
+            precision=precision,  # type: ignore[arg-type]
+            max_side=max_side,
+            compile=compile,
+            workers=workers,
+        )
+        summary.device = model.describe_device()
+        where = f" (rank {shard.rank} of {shard.world})" if shard is not None else ""
+        view.print(f"[bold]device[/]: {summary.device}{where}", highlight=False)
+        events = model.refine_items(
+            items, out, masks_dir=masks, num_classes=num_classes,
+            options=FolderOptions(overwrite=overwrite, overlay=overlay, save_probs=save_probs, save_coarse=save_coarse),
+            shard=(shard.rank, shard.world) if shard is not None else None,
+        )
+        total = len(items[shard.rank :: shard.world]) if shard is not None else len(items)
+        start = time.perf_counter()
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Speed(),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=view, transient=True, disable=shard is not None and shard.rank != 0) as bar:
+            task = bar.add_task("refining" if model.refiner is not None else "segmenting", total=total)
+            try:
+                for event in events:
+                    summary.add(event)
+                    # Skipped files cost nothing: they stay out of the speed estimate.
+                    if event.status == "skipped":
+                        bar.update(task, total=bar.tasks[0].total - 1)
+                    else:
+                        bar.advance(task)
+            except KeyboardInterrupt:
+                interrupted = True
+        summary.seconds = time.perf_counter() - start
+        if shard is not None:
+            summary = gather_summaries(summary)
+            if shard.rank != 0:
+                raise typer.Exit(1 if summary.failed else 0)
+    title = "Interrupted: summary so far" if interrupted else "Summary"
+    view.print(_summary_table(summary, title))
+    if summary.failed:
+        view.print(_failures_table(summary))
+    if json_out is not None:
+        text = json.dumps(summary.to_dict(), indent=1)
+        if json_out == "-":
+            typer.echo(text)
+        else:
+            with cli_errors():
+                io.atomic_write(Path(json_out), lambda f: f.write(text.encode()))
+    if interrupted:
+        raise typer.Exit(130)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def refine(
+    inputs: Inputs, out: OutDir, base: Base = "default",
+    refiner: Annotated[str, typer.Option("--refiner", help="SPN refiner: a checkpoint name or path ('default': "
+                                         "bundled universal refiner; 'none': the base output).",
+                                         rich_help_panel=MODELS)] = "default",
+    masks: Masks = None, num_classes: NumClasses = None, overlay: Overlay = True, save_probs: SaveProbs = False,
+    save_coarse: SaveCoarse = False, overwrite: Overwrite = False, json_out: JsonOut = None, device: Device = "auto",
+    batch_size: BatchSize = None, precision: Precision = "fp32", max_side: MaxSide = DEFAULT.max_side,
+    compile: Compile = False, workers: Workers = DEFAULT.decode_workers,
+) -> None:
+    """Refine segmentation masks: base segmenter (or --masks) then the SPN refiner, over files and folders."""
+    _run(inputs, out, base=base, refiner=refiner, masks=masks, num_classes=num_classes, overlay=overlay,
+         save_probs=save_probs, save_coarse=save_coarse, overwrite=overwrite, json_out=json_out, device=device,
+         batch_size=batch_size, precision=precision, max_side=max_side, compile=compile, workers=workers)
+
+
+def segment(
+    inputs: Inputs, out: OutDir, base: Base = "default", overlay: Overlay = True, save_probs: SaveProbs = False,
+    overwrite: Overwrite = False, json_out: JsonOut = None, device: Device = "auto", batch_size: BatchSize = None,
+    precision: Precision = "fp32", max_side: MaxSide = DEFAULT.max_side, compile: Compile = False,
+    workers: Workers = DEFAULT.decode_workers,
+) -> None:
+    """Segment images with the base segmenter only (no refiner): the same outputs as `refine`."""
+    _run(inputs, out, base=base, refiner="none", masks=None, num_classes=None, overlay=overlay,
+         save_probs=save_probs, save_coarse=False, overwrite=overwrite, json_out=json_out, device=device,
+         batch_size=batch_size, precision=precision, max_side=max_side, compile=compile, workers=workers)
