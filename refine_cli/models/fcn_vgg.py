@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from refine_cli.models.adaptive_rf import AdaptiveReceptiveField, fc_receptive_field, vgg_trunk_field
 from refine_cli.models.common import SegOutput, bilinear_kernel
 from refine_cli.models.vgg import VGG16Trunk, checkpoint_tensor
 from refine_cli.transforms import CAFFE_FCN, Preprocess
@@ -32,6 +33,7 @@ OUTPUT_OFFSET: Mapping[int, int] = {32: 19, 16: 27, 8: 31}
 # before scoring them so that they start small next to score_fr; it has no extra parameters.
 AT_ONCE_POOL4_SCALE = 0.01
 AT_ONCE_POOL3_SCALE = 0.0001
+FC6_KERNEL = 7
 
 
 def _upsampler(channels: int, kernel: int, stride: int) -> nn.ConvTranspose2d:
@@ -59,6 +61,10 @@ class FCN(VGG16Trunk):
 
     at_once: FCN-8s only; the skip scaling of fcn8s-atonce (pool4 x 0.01, pool3 x 0.0001 before scoring),
     needed to run the port's `FCN8sAtOnce` checkpoint, whose keys are FCN-8s's.
+    adaptive_rf: wrap fc6-score_fr in an `AdaptiveReceptiveField` (Wei et al. 2017): pool5 inflated by a
+    learned factor f (initially `rf_init`) before fc6, score_fr interpolated back to the size it has
+    without inflation (offset 3: the unpadded 7x7 fc6 trims 3 cells a side). Adds one parameter,
+    `rf.factor`, registered last; off (the default), keys and outputs are exactly the port's.
     Reported VOC2011 seg11valid mean IoU of the Caffe models: FCN-32s 63.63, FCN-16s 65.01, FCN-8s 65.51.
     """
 
@@ -73,6 +79,8 @@ class FCN(VGG16Trunk):
         width: float = 1.0,
         fc_channels: int = 4096,
         at_once: bool = False,
+        adaptive_rf: bool = False,
+        rf_init: float = 1.0,
     ) -> None:
         if stride not in OUTPUT_OFFSET:
             raise ValueError(f"stride must be 32, 16 or 8, got {stride}")
@@ -88,7 +96,7 @@ class FCN(VGG16Trunk):
         self.pool3_scale = AT_ONCE_POOL3_SCALE if at_once else 1.0
         c3, c4, c5 = self.block_channels[2:]
 
-        self.fc6 = nn.Conv2d(c5, fc_channels, 7)
+        self.fc6 = nn.Conv2d(c5, fc_channels, FC6_KERNEL)
         self.drop6 = nn.Dropout(0.5)
         self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
         self.drop7 = nn.Dropout(0.5)
@@ -115,6 +123,35 @@ class FCN(VGG16Trunk):
         for score in scores:
             nn.init.zeros_(score.weight)
             nn.init.zeros_(score.bias)
+        self.rf: AdaptiveReceptiveField | None = None
+        if adaptive_rf:
+            half = (FC6_KERNEL - 1) // 2
+            self.rf = AdaptiveReceptiveField(rf_init, min_size=FC6_KERNEL, offset=half)
+
+    @property
+    def rf_factor(self) -> float | None:
+        """The learned inflation factor f (None without `adaptive_rf`)."""
+        return None if self.rf is None else self.rf.value
+
+    def receptive_field(self, factor: float | None = None) -> float:
+        """Nominal receptive field of a score_fr cell in input pixels (see
+        `adaptive_rf.fc_receptive_field`): 404 at f = 1. factor defaults to the current f (1 without
+        `adaptive_rf`)."""
+        if factor is None:
+            factor = self.rf_factor or 1.0
+        field, jump = vgg_trunk_field(pools=((2, 2),) * 5, conv5_dilation=1)
+        return fc_receptive_field(trunk_field=field, stride=jump, kernel_extent=FC6_KERNEL, factor=factor)
+
+    def _fc_scores(self, pool5: torch.Tensor) -> torch.Tensor:
+        """fc6, fc7, score_fr on pool5, inside the adaptive receptive field when there is one."""
+        h = pool5 if self.rf is None else self.rf.inflate(pool5)
+        h = self.drop6(F.relu(self.fc6(h), inplace=True))
+        h = self.drop7(F.relu(self.fc7(h), inplace=True))
+        h = self.score_fr(h)
+        if self.rf is not None:
+            trim = FC6_KERNEL - 1  # the size score_fr has without inflation
+            h = self.rf.interpolate(h, (pool5.shape[-2] - trim, pool5.shape[-1] - trim))
+        return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, 3, H, W) float, any H, W >= 1, normalised as the weights expect (the published ones:
@@ -122,9 +159,7 @@ class FCN(VGG16Trunk):
         Returns (N, num_classes, H, W) float logits (unnormalised class scores), same dtype/device as x."""
         height, width = x.shape[-2:]
         f = self.forward_trunk(x)
-        h = self.drop6(F.relu(self.fc6(f.pool5), inplace=True))
-        h = self.drop7(F.relu(self.fc7(h), inplace=True))
-        h = self.score_fr(h)
+        h = self._fc_scores(f.pool5)
         if self.stride == 32:
             return _crop(self.upscore(h), OUTPUT_OFFSET[32], height, width).contiguous()
 
@@ -170,18 +205,47 @@ def _scale(t: torch.Tensor, factor: float) -> torch.Tensor:
     return t if factor == 1.0 else t * factor
 
 
-def fcn32s(*, num_classes: int = 21, width: float = 1.0, fc_channels: int = 4096) -> FCN:
-    """FCN-32s: scores from fc7 only, upsampled 32x in one transposed conv."""
-    return FCN(stride=32, num_classes=num_classes, width=width, fc_channels=fc_channels)
+def fcn32s(
+    *,
+    num_classes: int = 21,
+    width: float = 1.0,
+    fc_channels: int = 4096,
+    adaptive_rf: bool = False,
+    rf_init: float = 1.0,
+) -> FCN:
+    """FCN-32s: scores from fc7 only, upsampled 32x in one transposed conv. adaptive_rf: see `FCN`."""
+    return FCN(
+        stride=32, num_classes=num_classes, width=width, fc_channels=fc_channels,
+        adaptive_rf=adaptive_rf, rf_init=rf_init,
+    )
 
 
-def fcn16s(*, num_classes: int = 21, width: float = 1.0, fc_channels: int = 4096) -> FCN:
+def fcn16s(
+    *,
+    num_classes: int = 21,
+    width: float = 1.0,
+    fc_channels: int = 4096,
+    adaptive_rf: bool = False,
+    rf_init: float = 1.0,
+) -> FCN:
     """FCN-16s: fc7 scores upsampled 2x and fused with pool4 scores, then upsampled 16x."""
-    return FCN(stride=16, num_classes=num_classes, width=width, fc_channels=fc_channels)
+    return FCN(
+        stride=16, num_classes=num_classes, width=width, fc_channels=fc_channels,
+        adaptive_rf=adaptive_rf, rf_init=rf_init,
+    )
 
 
 def fcn8s(
-    *, num_classes: int = 21, width: float = 1.0, fc_channels: int = 4096, at_once: bool = False
+    *,
+    num_classes: int = 21,
+    width: float = 1.0,
+    fc_channels: int = 4096,
+    at_once: bool = False,
+    adaptive_rf: bool = False,
+    rf_init: float = 1.0,
 ) -> FCN:
     """FCN-8s: FCN-16s's fusion plus pool3 scores, then upsampled 8x. at_once: fcn8s-atonce's skip scaling."""
-    return FCN(stride=8, num_classes=num_classes, width=width, fc_channels=fc_channels, at_once=at_once)
+    return FCN(
+        stride=8, num_classes=num_classes, width=width, fc_channels=fc_channels, at_once=at_once,
+        adaptive_rf=adaptive_rf, rf_init=rf_init,
+    )

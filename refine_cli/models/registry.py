@@ -15,7 +15,7 @@ from typing import Any, Literal
 from torch import nn
 
 from refine_cli.errors import UnknownNameError
-from refine_cli.models import fcn_vgg, guidance, largefov, segmentation, spn
+from refine_cli.models import dilated, fcn_vgg, guidance, largefov, parsenet, segmentation, spn
 from refine_cli.transforms import CAFFE_FCN, IMAGENET, Preprocess
 
 
@@ -55,6 +55,35 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
     ),
     "deeplab_largefov_vgg16_compact": ModelSpec(
         largefov.deeplab_largefov, "base", IMAGENET, "DeepLab-LargeFOV with a quarter-width VGG-16 trunk",
+        defaults=_fixed(width=0.25, fc_channels=256),
+    ),
+    # DilatedNet (Yu & Koltun): the front end, then the context module trained on the frozen front end.
+    # The compact pair shares its front-end geometry ("same" padding) so that one loads into the other.
+    "dilated_frontend_vgg16": ModelSpec(
+        dilated.dilated_frontend_vgg16, "base", IMAGENET, "DilatedNet front end, VGG-16 (Yu & Koltun)",
+        trunk="vgg16",
+    ),
+    "dilated_context_vgg16": ModelSpec(
+        dilated.dilated_context_vgg16, "base", IMAGENET,
+        "DilatedNet front end + large context module, VGG-16 (Yu & Koltun)", trunk="vgg16",
+    ),
+    "dilated_frontend_vgg16_compact": ModelSpec(
+        dilated.dilated_frontend_vgg16, "base", IMAGENET,
+        "DilatedNet front end, quarter-width VGG-16, zero-padded convs, for CPUs",
+        defaults=_fixed(width=0.25, fc_channels=128, padding="same"),
+    ),
+    "dilated_context_vgg16_compact": ModelSpec(
+        dilated.dilated_context_vgg16, "base", IMAGENET,
+        "DilatedNet compact front end + basic context module, for CPUs",
+        defaults=_fixed(width=0.25, fc_channels=128, padding="same", context="basic"),
+    ),
+    # ParseNet (Liu, Rabinovich & Berg): global context on DeepLab-LargeFOV.
+    "parsenet_vgg16": ModelSpec(
+        parsenet.parsenet_vgg16, "base", IMAGENET, "ParseNet on DeepLab-LargeFOV VGG-16 (Liu et al.)",
+        trunk="vgg16",
+    ),
+    "parsenet_vgg16_compact": ModelSpec(
+        parsenet.parsenet_vgg16, "base", IMAGENET, "ParseNet on a quarter-width DeepLab-LargeFOV VGG-16",
         defaults=_fixed(width=0.25, fc_channels=256),
     ),
     # torchvision-compatible dilated ResNet / MobileNetV3 models.
