@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -136,3 +136,124 @@ class PipelineConfig:
     max_side: int = 2048
     decode_workers: int = 4
     write_workers: int = 2
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and learning-rate schedule. The defaults are the SPN refiner as released (Liu et al. 2017):
+    SGD, lr 1e-4, momentum 0.9, weight decay 5e-3, poly schedule lr * (1 - step / steps) ** 0.5, gradients
+    clipped to a global L2 norm of 1000 (Caffe's `clip_gradients`).
+
+    optimizer: "sgd", "adam" or "adamw" (Adam's beta1 is `momentum`; useful to train compact nets from scratch).
+    grad_clip: 0 turns clipping off.
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-3
+    poly_power: float = 0.5
+    grad_clip: float = 1000.0
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """The step loop: length, seed, device, precision, data workers and how often it logs, evaluates and
+    writes `last.pt`. 60k iterations is the released SPN schedule.
+
+    device: "auto", "cpu", "cuda", "cuda:N" (under torchrun each process takes cuda:LOCAL_RANK).
+    amp: "auto" (bfloat16 autocast on CUDA, none on CPU), "bf16", "fp16" (with a gradient scaler) or "off".
+    deterministic: `torch.use_deterministic_algorithms` (warn-only) for the run: bitwise-repeatable on CPU.
+    val_every: evaluate on the validation split every this many steps (and at the end); 0: only at the end.
+    """
+
+    steps: int = 60_000
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    deterministic: bool = True
+    workers: int = 2
+    log_every: int = 20
+    checkpoint_every: int = 1000
+    val_every: int = 2000
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset a run trains on: root folder, layout ("voc", "helen", "folders"), the training split, an
+    optional validation split, and whether pairs that fail `refine_cli.data.validate` are dropped."""
+
+    root: str = ""
+    format: str = "voc"
+    split: str = "train"
+    val_split: str | None = None
+    skip_bad: bool = False
+
+
+@dataclass(frozen=True)
+class BaseAugmentConfig:
+    """Base-net augmentation, DeepLab style: random rescale in [scale_min, scale_max], a random crop_size
+    square (padded with the network's mean colour, label 255), random horizontal flip."""
+
+    crop_size: int = 321
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    flip: bool = True
+
+
+@dataclass(frozen=True)
+class BaseTrainConfig:
+    """Training a base segmenter. Optimizer defaults follow DeepLab (Chen et al.: SGD lr 1e-3, momentum 0.9,
+    weight decay 5e-4, poly power 0.9, no clipping); batch, crop and step count are ours, sized for one GPU.
+
+    arch_args: builder arguments on top of the registry's (e.g. {"width": 0.125}); num_classes comes from
+        the dataset.
+    aux_weight: weight of the auxiliary head's loss, for nets that have one (torchvision's recipe: 0.5).
+    init: "auto" (the arch's ImageNet trunk when it is in the cache, else from scratch), "imagenet" (required)
+        or "scratch".
+    init_from: a refine-cli checkpoint to start from instead (e.g. a trained front end).
+    stage: a training stage the network defines (`model.trainable_parameters(stage)`), e.g. "context".
+    """
+
+    arch: str = "fcn8s_vgg16"
+    arch_args: dict = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    batch_size: int = 8
+    augment: BaseAugmentConfig = field(default_factory=BaseAugmentConfig)
+    aux_weight: float = 0.5
+    init: str = "auto"
+    init_from: str | None = None
+    stage: str | None = None
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=5e-4, poly_power=0.9, grad_clip=0.0)
+    )
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=20_000))
+
+
+@dataclass(frozen=True)
+class RefinerTrainConfig:
+    """Training an SPN refiner. The defaults are the recipe as released (Liu et al. 2017): 60k SGD steps
+    (see `OptimConfig`), batches of 4 images x 10 random 128x128 crops redrawn while they hold fewer than 2
+    labels (`CropConfig`), one joint random affine per image (`AugmentConfig`; None turns it off), coarse
+    probabilities computed once by the base network and stored, label 255 ignored.
+
+    base: the base checkpoint (name or path) whose probabilities the refiner learns to refine.
+    probs: "cache" (computed once, stored as float16 under `probs_dir`, default the refine-cli cache) or
+        "live" (recomputed for every batch).
+    suppress_absent: validate with the released test-time rule (classes absent from the coarse argmax zeroed).
+    init: as `BaseTrainConfig.init`, for the guidance network's ImageNet trunk.
+    """
+
+    arch: str = "spn_universal"
+    arch_args: dict = field(default_factory=dict)
+    base: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    images_per_batch: int = 4
+    crop: CropConfig = field(default_factory=CropConfig)
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    probs: str = "cache"
+    probs_dir: str | None = None
+    suppress_absent: bool = True
+    init: str = "auto"
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)

@@ -1,4 +1,5 @@
-"""Device choice shared by inference and training: "auto", "cpu", "cuda" or "cuda:N", never a silent fallback."""
+"""Device choice shared by inference and training: "auto", "cpu", "cuda" or "cuda:N", never a silent fallback;
+and one-line descriptions of a device and of the CPU (for logs and checkpoint provenance)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from refine_cli.errors import DeviceError
 def resolve_device(spec: str = "auto") -> torch.device:
     """"auto": the first CUDA GPU when one is present, else the CPU. A GPU asked for by name that is not there
     raises DeviceError (one line saying what is available)."""
-    spec = spec.strip().lower()
+    spec = str(spec).strip().lower()
     if spec == "auto":
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     try:
@@ -33,15 +34,20 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
-def describe(device: torch.device) -> str:
-    """A one-line human description: GPU name and memory, or CPU model and threads."""
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return f"{device} ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU model as the OS names it (/proc/cpuinfo on Linux, else `platform.processor()`)."""
+    cpu = platform.processor() or platform.machine() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"cpu ({cpu}, {torch.get_num_threads()} threads of {os.cpu_count()} cores)"
+    return cpu
+
+
+def describe(device: torch.device) -> str:
+    """A one-line human description: GPU name and memory, or CPU model and threads."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{device} ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
+    return f"cpu ({cpu_name()}, {torch.get_num_threads()} threads of {os.cpu_count()} cores)"

@@ -1,0 +1,402 @@
+"""`refine-cli train base` and `refine-cli train refiner`: options become the frozen configs of
+`refine_cli.config` (every default is the dataclass's), the library trains, events are rendered with Rich.
+Run under `torchrun --nproc_per_node N -m refine_cli train ...` for several GPUs or nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+from refine_cli import models
+from refine_cli.cli.common import cli_errors, console, err_console
+from refine_cli.cli.data import DatasetFormat
+from refine_cli.config import (
+    AugmentConfig,
+    BaseAugmentConfig,
+    BaseTrainConfig,
+    CropConfig,
+    DataConfig,
+    LoopConfig,
+    OptimConfig,
+    RefinerTrainConfig,
+)
+from refine_cli.errors import UsageError
+from refine_cli.train import (
+    CacheProgress,
+    Checkpointed,
+    Evaluated,
+    Event,
+    Finished,
+    Note,
+    Started,
+    StepLogged,
+    TrainResult,
+    train_base,
+    train_refiner,
+)
+
+app = typer.Typer(
+    name="train",
+    help="Train base segmenters and SPN refiners (checkpoints, resume, metrics, multi-GPU via torchrun).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+BASE, REFINER = BaseTrainConfig(), RefinerTrainConfig()
+DATA, NETWORK, OPTIM, LOOP, AUG, RUN = "Data", "Network", "Optimizer", "Loop", "Augmentation", "Run folder"
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+    adamw = "adamw"
+
+
+class Amp(str, Enum):
+    auto = "auto"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    off = "off"
+
+
+class Init(str, Enum):
+    auto = "auto"
+    imagenet = "imagenet"
+    scratch = "scratch"
+
+
+class ProbsMode(str, Enum):
+    cache = "cache"
+    live = "live"
+
+
+# ------------------------------------------------------------------------------- options both commands share
+
+Data = Annotated[Path, typer.Option("--data", help="Dataset root folder.", file_okay=False, rich_help_panel=DATA)]
+Format = Annotated[DatasetFormat, typer.Option("--format", help="Layout of the dataset.", rich_help_panel=DATA)]
+Split = Annotated[str, typer.Option("--split", help="Training split (list file), e.g. train, train_aug.",
+                                    rich_help_panel=DATA)]
+ValSplit = Annotated[Optional[str], typer.Option("--val-split", help="Split to validate on (mIoU), e.g. val.",
+                                                 rich_help_panel=DATA)]
+SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Drop samples `refine-cli data check` flags instead of "
+                                       "stopping.", rich_help_panel=DATA)]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Run folder: last.pt, model.pt, metrics.jsonl, curve.png.",
+                                   file_okay=False, rich_help_panel=RUN)]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pt (same options).",
+                                      rich_help_panel=RUN)]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start over a run that --out already holds.",
+                                         rich_help_panel=RUN)]
+ArchArg = Annotated[Optional[list[str]], typer.Option(
+    "--arch-arg", help="Builder argument KEY=VALUE (JSON value), repeatable, e.g. --arch-arg width=0.125.",
+    rich_help_panel=NETWORK)]
+InitOpt = Annotated[Init, typer.Option("--init", help="auto: the arch's ImageNet trunk when it is in the cache "
+                                       "(`refine-cli weights fetch vgg16_imagenet`), else from scratch.",
+                                       rich_help_panel=NETWORK)]
+OptimizerOpt = Annotated[Optimizer, typer.Option("--optimizer", help="sgd (as published), or adam / adamw.",
+                                                 rich_help_panel=OPTIM)]
+Lr = Annotated[float, typer.Option("--lr", min=0.0, help="Base learning rate (poly schedule).",
+                                   rich_help_panel=OPTIM)]
+Momentum = Annotated[float, typer.Option("--momentum", min=0.0, max=1.0, help="SGD momentum (Adam's beta1).",
+                                         rich_help_panel=OPTIM)]
+WeightDecay = Annotated[float, typer.Option("--weight-decay", min=0.0, help="Weight decay.", rich_help_panel=OPTIM)]
+PolyPower = Annotated[float, typer.Option("--poly-power", min=0.0, help="lr * (1 - step/steps) ** power.",
+                                          rich_help_panel=OPTIM)]
+GradClip = Annotated[float, typer.Option("--grad-clip", min=0.0, help="Clip the gradients' global L2 norm (0: off).",
+                                         rich_help_panel=OPTIM)]
+Steps = Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.", rich_help_panel=LOOP)]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of weights, data order and augmentation.",
+                                   rich_help_panel=LOOP)]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (a GPU asked for but absent is an "
+                                     "error).", rich_help_panel=LOOP)]
+AmpOpt = Annotated[Amp, typer.Option("--amp", help="auto: bf16 autocast on CUDA, none on CPU; fp16 adds a gradient "
+                                     "scaler.", rich_help_panel=LOOP)]
+Deterministic = Annotated[bool, typer.Option("--deterministic/--no-deterministic", help="Deterministic kernels "
+                                             "(bitwise-repeatable on CPU).", rich_help_panel=LOOP)]
+Workers = Annotated[int, typer.Option("--workers", min=0, help="Data loading processes per training process.",
+                                      rich_help_panel=LOOP)]
+LogEvery = Annotated[int, typer.Option("--log-every", min=1, help="Steps per metrics line.", rich_help_panel=LOOP)]
+CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", min=1, help="Steps between writes of last.pt.",
+                                              rich_help_panel=LOOP)]
+ValEvery = Annotated[int, typer.Option("--val-every", min=0, help="Steps between validations (0: at the end only).",
+                                       rich_help_panel=LOOP)]
+CropSize = Annotated[int, typer.Option("--crop-size", min=2, help="Side of the square training crops.",
+                                       rich_help_panel=AUG)]
+
+
+def _arch_args(items: list[str] | None) -> dict[str, Any]:
+    """KEY=VALUE pairs; a value is read as JSON (numbers, true/false, null, lists) or else kept as a string."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--arch-arg '{item}' is not KEY=VALUE (e.g. width=0.125)")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def _check_arch(arch: str, kind: str) -> None:
+    spec = models.spec(arch)
+    if spec.kind != kind:
+        raise UsageError(f"'{arch}' is a {spec.kind} network; choose one of: {', '.join(models.names(kind))}")
+
+
+def _data(data: Path, format: DatasetFormat, split: str, val_split: str | None, skip_bad: bool) -> DataConfig:
+    return DataConfig(root=str(data), format=format.value, split=split, val_split=val_split, skip_bad=skip_bad)
+
+
+def _optim(optimizer: Optimizer, lr: float, momentum: float, weight_decay: float, poly_power: float,
+           grad_clip: float) -> OptimConfig:
+    return OptimConfig(optimizer=optimizer.value, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                       poly_power=poly_power, grad_clip=grad_clip)
+
+
+def _loop(steps: int, seed: int, device: str, amp: Amp, deterministic: bool, workers: int, log_every: int,
+          checkpoint_every: int, val_every: int) -> LoopConfig:
+    return LoopConfig(steps=steps, seed=seed, device=device, amp=amp.value, deterministic=deterministic,
+                      workers=workers, log_every=log_every, checkpoint_every=checkpoint_every, val_every=val_every)
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+class _Renderer:
+    """Turns training events into a Rich progress bar (step, loss, lr, images/s, ETA) and printed notes."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), console=err_console, transient=False,
+        )
+        self.task: TaskID | None = None
+        self.cache_tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> _Renderer:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, event: Event) -> None:
+        p = self.progress
+        if isinstance(event, Note):
+            p.console.print(f"[dim]•[/] {event.text}", highlight=False, soft_wrap=True)
+        elif isinstance(event, CacheProgress):
+            task = self.cache_tasks.get(event.split)
+            if task is None:
+                task = self.cache_tasks[event.split] = p.add_task(f"coarse probs ({event.split})", total=event.total,
+                                                                  info="")
+            p.update(task, completed=event.done)
+        elif isinstance(event, Started):
+            p.console.print(f"[dim]•[/] training {event.trainable:,} of {event.parameters:,} parameters on "
+                            f"{event.device}" + (f" x {event.world_size} processes" if event.world_size > 1 else ""),
+                            highlight=False)
+            self.task = p.add_task("train", total=event.total_steps, completed=event.start_step, info="")
+        elif isinstance(event, StepLogged) and self.task is not None:
+            info = (f"loss {event.loss:.4f}  lr {event.lr:.3g}  {event.images_per_s:.1f} img/s  "
+                    f"ETA {_duration(event.eta_s)}")
+            p.update(self.task, completed=event.step, info=info)
+        elif isinstance(event, Evaluated):
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in event.scores.items())
+            p.console.print(f"[dim]•[/] step {event.step} {event.split}: {shown}", highlight=False)
+        elif isinstance(event, Checkpointed):
+            p.console.print(f"[dim]•[/] step {event.step}: wrote {event.path}", highlight=False)
+        elif isinstance(event, Finished) and self.task is not None:
+            p.update(self.task, completed=event.result.steps)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _summary(result: TrainResult) -> None:
+    if not _is_main_process():
+        return
+    loss = "-" if result.final_loss is None else f"{result.final_loss:.4f}"
+    val = ""
+    if result.val:
+        val = "; val " + ", ".join(f"{k} {v:.4f}" for k, v in result.val.items())
+    console.print(f"trained {result.steps} steps in {_duration(result.elapsed_s)} (final loss {loss}{val}); "
+                  f"model: {result.model_path}", highlight=False, soft_wrap=True)
+
+
+def _run(train: Any, config: Any, out: Path, resume: bool, overwrite: bool) -> None:
+    try:
+        with cli_errors():
+            if _is_main_process():
+                with _Renderer() as render:
+                    result = train(config, out, resume=resume, overwrite=overwrite, on_event=render)
+            else:
+                result = train(config, out, resume=resume, overwrite=overwrite)
+    except KeyboardInterrupt:
+        if _is_main_process():
+            last = out / "last.pt"
+            what = (f"{last} holds the last checkpoint; run the same command with --resume to continue"
+                    if last.is_file() else "no checkpoint was written yet")
+            err_console.print(f"[bold yellow]interrupted:[/] {what}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    _summary(result)
+
+
+# ------------------------------------------------------------------------------------------------- commands
+
+
+@app.command("base")
+def base(
+    data: Data,
+    out: Out,
+    arch: Annotated[str, typer.Option("--arch", help=f"Base network: {', '.join(models.names('base'))}.",
+                                      rich_help_panel=NETWORK)] = BASE.arch,
+    arch_arg: ArchArg = None,
+    init: InitOpt = Init(BASE.init),
+    init_from: Annotated[Optional[str], typer.Option("--from", help="Start from this refine-cli checkpoint of the "
+                                                     "same network (name or path).", rich_help_panel=NETWORK)] = None,
+    stage: Annotated[Optional[str], typer.Option("--stage", help="Train one stage of a staged network (e.g. "
+                                                 "context, with --from the trained front end).",
+                                                 rich_help_panel=NETWORK)] = BASE.stage,
+    aux_weight: Annotated[float, typer.Option("--aux-weight", min=0.0, help="Weight of the auxiliary head's loss.",
+                                              rich_help_panel=NETWORK)] = BASE.aux_weight,
+    format: Format = DatasetFormat(BASE.data.format),
+    split: Split = BASE.data.split,
+    val_split: ValSplit = BASE.data.val_split,
+    skip_bad: SkipBad = BASE.data.skip_bad,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per step (over all processes).",
+                                            rich_help_panel=AUG)] = BASE.batch_size,
+    crop_size: CropSize = BASE.augment.crop_size,
+    scale_min: Annotated[float, typer.Option("--scale-min", min=0.0, help="Smallest random rescale.",
+                                             rich_help_panel=AUG)] = BASE.augment.scale_min,
+    scale_max: Annotated[float, typer.Option("--scale-max", min=0.0, help="Largest random rescale.",
+                                             rich_help_panel=AUG)] = BASE.augment.scale_max,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.",
+                                       rich_help_panel=AUG)] = BASE.augment.flip,
+    optimizer: OptimizerOpt = Optimizer(BASE.optim.optimizer),
+    lr: Lr = BASE.optim.lr,
+    momentum: Momentum = BASE.optim.momentum,
+    weight_decay: WeightDecay = BASE.optim.weight_decay,
+    poly_power: PolyPower = BASE.optim.poly_power,
+    grad_clip: GradClip = BASE.optim.grad_clip,
+    steps: Steps = BASE.loop.steps,
+    seed: Seed = BASE.loop.seed,
+    device: Device = BASE.loop.device,
+    amp: AmpOpt = Amp(BASE.loop.amp),
+    deterministic: Deterministic = BASE.loop.deterministic,
+    workers: Workers = BASE.loop.workers,
+    log_every: LogEvery = BASE.loop.log_every,
+    checkpoint_every: CheckpointEvery = BASE.loop.checkpoint_every,
+    val_every: ValEvery = BASE.loop.val_every,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Train a base segmenter (FCN, DeepLab, ...) on a dataset.
+
+    Cross-entropy over labelled pixels (255 ignored) plus 0.5 x the auxiliary head's loss where the network has
+    one; random rescale, crop and flip; SGD with the poly schedule (DeepLab's recipe by default).
+    """
+    with cli_errors():
+        _check_arch(arch, "base")
+        config = BaseTrainConfig(
+            arch=arch, arch_args=_arch_args(arch_arg), data=_data(data, format, split, val_split, skip_bad),
+            batch_size=batch_size,
+            augment=BaseAugmentConfig(crop_size=crop_size, scale_min=scale_min, scale_max=scale_max, flip=flip),
+            aux_weight=aux_weight, init=init.value, init_from=init_from, stage=stage,
+            optim=_optim(optimizer, lr, momentum, weight_decay, poly_power, grad_clip),
+            loop=_loop(steps, seed, device, amp, deterministic, workers, log_every, checkpoint_every, val_every),
+        )
+    _run(train_base, config, out, resume, overwrite)
+
+
+@app.command("refiner")
+def refiner(
+    base_net: Annotated[str, typer.Option("--base", help="Base segmenter checkpoint whose coarse probabilities are "
+                                          "refined (a name or a .pt path).", rich_help_panel=NETWORK)],
+    data: Data,
+    out: Out,
+    arch: Annotated[str, typer.Option("--arch", help=f"Refiner: {', '.join(models.names('refiner'))}.",
+                                      rich_help_panel=NETWORK)] = REFINER.arch,
+    arch_arg: ArchArg = None,
+    init: InitOpt = Init(REFINER.init),
+    format: Format = DatasetFormat(REFINER.data.format),
+    split: Split = REFINER.data.split,
+    val_split: ValSplit = REFINER.data.val_split,
+    skip_bad: SkipBad = REFINER.data.skip_bad,
+    probs: Annotated[ProbsMode, typer.Option("--probs", help="cache: computed once and stored (float16); live: "
+                                             "recomputed every step.", rich_help_panel=DATA)] = (
+        ProbsMode(REFINER.probs)),
+    probs_dir: Annotated[Optional[Path], typer.Option("--probs-dir", help="Where cached probabilities go (default: "
+                                                      "the refine-cli cache).", file_okay=False,
+                                                      rich_help_panel=DATA)] = None,
+    suppress_absent: Annotated[bool, typer.Option("--suppress-absent/--keep-absent", help="Validate with the released "
+                                                  "rule: classes absent from the coarse argmax are dropped.",
+                                                  rich_help_panel=DATA)] = REFINER.suppress_absent,
+    images_per_batch: Annotated[int, typer.Option("--images-per-batch", min=1, help="Images per step (over all "
+                                                  "processes).", rich_help_panel=AUG)] = REFINER.images_per_batch,
+    crops_per_image: Annotated[int, typer.Option("--crops-per-image", min=1, help="Random crops per image.",
+                                                 rich_help_panel=AUG)] = REFINER.crop.crops_per_image,
+    crop_size: CropSize = REFINER.crop.size,
+    min_labels: Annotated[int, typer.Option("--min-labels", min=0, help="A crop with fewer labels is redrawn.",
+                                            rich_help_panel=AUG)] = REFINER.crop.min_labels,
+    max_tries: Annotated[int, typer.Option("--max-tries", min=1, help="Crop draws at most.",
+                                           rich_help_panel=AUG)] = REFINER.crop.max_tries,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Joint random affine of image, label and "
+                                          "probabilities.", rich_help_panel=AUG)] = REFINER.augment is not None,
+    rotation: Annotated[float, typer.Option("--rotation", min=0.0, help="Rotation range, +/- degrees.",
+                                            rich_help_panel=AUG)] = AugmentConfig().rotation_deg,
+    scale_jitter: Annotated[float, typer.Option("--scale-jitter", min=0.0, max=0.99, help="Scale range, 1 +/- this.",
+                                                rich_help_panel=AUG)] = AugmentConfig().scale,
+    shift: Annotated[float, typer.Option("--shift", min=0.0, help="Shift range, +/- this x the longer side.",
+                                         rich_help_panel=AUG)] = AugmentConfig().shift_fraction,
+    optimizer: OptimizerOpt = Optimizer(REFINER.optim.optimizer),
+    lr: Lr = REFINER.optim.lr,
+    momentum: Momentum = REFINER.optim.momentum,
+    weight_decay: WeightDecay = REFINER.optim.weight_decay,
+    poly_power: PolyPower = REFINER.optim.poly_power,
+    grad_clip: GradClip = REFINER.optim.grad_clip,
+    steps: Steps = REFINER.loop.steps,
+    seed: Seed = REFINER.loop.seed,
+    device: Device = REFINER.loop.device,
+    amp: AmpOpt = Amp(REFINER.loop.amp),
+    deterministic: Deterministic = REFINER.loop.deterministic,
+    workers: Workers = REFINER.loop.workers,
+    log_every: LogEvery = REFINER.loop.log_every,
+    checkpoint_every: CheckpointEvery = REFINER.loop.checkpoint_every,
+    val_every: ValEvery = REFINER.loop.val_every,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Train an SPN refiner on a base network's coarse probabilities.
+
+    The released recipe by default: SGD lr 1e-4, momentum 0.9, weight decay 5e-3, poly 0.5, gradient clipping
+    1000, 60k steps of 4 images x 10 random 128x128 crops (redrawn below 2 labels), joint random affine.
+    """
+    with cli_errors():
+        _check_arch(arch, "refiner")
+        config = RefinerTrainConfig(
+            arch=arch, arch_args=_arch_args(arch_arg), base=base_net,
+            data=_data(data, format, split, val_split, skip_bad), images_per_batch=images_per_batch,
+            crop=CropConfig(size=crop_size, crops_per_image=crops_per_image, min_labels=min_labels,
+                            max_tries=max_tries),
+            augment=AugmentConfig(rotation_deg=rotation, scale=scale_jitter, shift_fraction=shift) if augment else None,
+            probs=probs.value, probs_dir=None if probs_dir is None else str(probs_dir),
+            suppress_absent=suppress_absent, init=init.value,
+            optim=_optim(optimizer, lr, momentum, weight_decay, poly_power, grad_clip),
+            loop=_loop(steps, seed, device, amp, deterministic, workers, log_every, checkpoint_every, val_every),
+        )
+    _run(train_refiner, config, out, resume, overwrite)

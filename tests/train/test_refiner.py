@@ -1,0 +1,124 @@
+"""Refiner training on a trained tiny base: the coarse-probability cache is computed once and reused, live
+probabilities give the same batches, validation scores the refined and the coarse maps, and the exported
+universal refiner is class-agnostic."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from refine_cli import models, weights
+from refine_cli.config import DataConfig
+from refine_cli.errors import UsageError
+from refine_cli.train import Note, TrainResult, train_refiner
+from refine_cli.train import probs as probs_module
+from refine_cli.train.metrics_log import read_records
+from tests.train.conftest import TINY_REFINER_ARCH, TINY_REFINER_ARGS, refiner_config
+
+
+def _counting(monkeypatch) -> dict[str, int]:
+    calls = {"n": 0}
+    real = probs_module.coarse_probs
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(probs_module, "coarse_probs", counted)
+    return calls
+
+
+def test_cache_is_computed_once_then_reused(world: Path, trained_base: TrainResult, tmp_path: Path, monkeypatch):
+    calls = _counting(monkeypatch)
+    notes: list[str] = []
+
+    def keep_notes(event: object) -> None:
+        if isinstance(event, Note):
+            notes.append(event.text)
+
+    config = refiner_config(world, trained_base.model_path, tmp_path / "probs",
+                            data=DataConfig(root=str(world), val_split="val"))
+    first = train_refiner(config, tmp_path / "one", on_event=keep_notes)
+    assert calls["n"] == 10  # 8 training + 2 validation images, once each
+    folders = sorted(p for p in (tmp_path / "probs").iterdir())
+    assert len(folders) == 2  # one per split, keyed by base sha256 and file list
+    sha = weights.file_sha256(trained_base.model_path)
+    assert all(p.name.startswith(sha[:16] + "-") for p in folders)
+    marker = json.loads((folders[0] / "cache.json").read_text())
+    assert marker["base_sha256"] == sha and marker["samples"] in (8, 2)
+    assert sum(len(list(p.glob("*.npz"))) for p in folders) == 10
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "probs").rglob("*.npz")}
+    assert any("computing 8 coarse probability maps" in n for n in notes)
+
+    notes.clear()
+    calls["n"] = 0
+    second = train_refiner(config, tmp_path / "two", on_event=keep_notes)
+    assert calls["n"] == 0  # nothing recomputed
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "probs").rglob("*.npz")} == mtimes
+    assert any("reusing 8 cached" in n for n in notes) and any("reusing 2 cached" in n for n in notes)
+    # Same seed, same data, same cache: the same run.
+    a = weights.load_checkpoint(first.model_path).state_dict
+    b = weights.load_checkpoint(second.model_path).state_dict
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    val = first.val
+    assert val is not None and {"miou", "base_miou", "pixel_accuracy", "mean_accuracy"} <= set(val)
+    assert 0 <= val["miou"] <= 1 and 0 <= val["base_miou"] <= 1
+    assert [r["step"] for r in read_records(tmp_path / "one" / "metrics.jsonl") if r["kind"] == "val"] == [3]
+
+    ckpt = weights.load_checkpoint(first.model_path)
+    assert ckpt.kind == "refiner" and ckpt.arch == TINY_REFINER_ARCH
+    assert ckpt.meta.classes == ()  # universal: any label set
+    assert ckpt.meta.provenance["base"]["sha256"] == sha and ckpt.meta.provenance["coarse_probs"] == "cache"
+    refiner = weights.build_model(ckpt)
+    out = refiner(torch.randn(1, 3, 24, 24), torch.softmax(torch.randn(1, 5, 24, 24), 1))
+    assert out.shape == (1, 5, 24, 24)
+
+
+def test_live_probabilities_give_the_batches_of_the_cache(world: Path, trained_base: TrainResult, tmp_path: Path):
+    config = refiner_config(world, trained_base.model_path, tmp_path / "probs", loop=replace(
+        refiner_config(world, trained_base.model_path, tmp_path).loop, steps=2))
+    cached = train_refiner(config, tmp_path / "cached")
+    live = train_refiner(replace(config, probs="live"), tmp_path / "live")
+    first = [read_records(tmp_path / run / "metrics.jsonl")[0]["loss"] for run in ("cached", "live")]
+    # Identical crops and augmentation; the cache only rounds the probabilities to float16.
+    assert first[0] == pytest.approx(first[1], rel=1e-2)
+    assert weights.load_checkpoint(live.model_path).meta.provenance["coarse_probs"] == "live"
+    assert cached.final_loss is not None and live.final_loss is not None
+
+
+def _saved(tmp_path: Path, name: str, arch: str, classes: tuple[str, ...], **args) -> Path:
+    model = models.build(arch, **args)
+    meta = weights.CheckpointMeta(classes=classes)
+    ckpt = weights.checkpoint_from_model(model, arch=arch, arch_args=models.arch_args(arch, **args), meta=meta)
+    return weights.save_checkpoint(tmp_path / f"{name}.pt", ckpt)
+
+
+def test_refiner_requests_that_cannot_work(world: Path, trained_base: TrainResult, tmp_path: Path):
+    config = refiner_config(world, trained_base.model_path, tmp_path / "probs")
+    with pytest.raises(UsageError, match="is a base network"):
+        train_refiner(replace(config, arch="fcn8s_vgg16_compact"), tmp_path / "a")
+    not_a_base = _saved(tmp_path, "refiner", TINY_REFINER_ARCH, (), **TINY_REFINER_ARGS)
+    with pytest.raises(UsageError, match="give a base segmenter checkpoint"):
+        train_refiner(replace(config, base=str(not_a_base)), tmp_path / "b")
+    three = _saved(tmp_path, "three", "deeplab_largefov_vgg16_compact", ("a", "b", "c"), num_classes=3, width=0.125,
+                   fc_channels=16)
+    with pytest.raises(UsageError, match="predicts 3 classes but the dataset has 8"):
+        train_refiner(replace(config, base=str(three)), tmp_path / "c")
+    with pytest.raises(UsageError, match="unknown --probs"):
+        train_refiner(replace(config, probs="disk"), tmp_path / "d")
+    with pytest.raises(UsageError, match="--images-per-batch"):
+        train_refiner(replace(config, images_per_batch=0), tmp_path / "e")
+
+
+def test_bf16_autocast_trains(world: Path, trained_base: TrainResult, tmp_path: Path):
+    # The CUDA default (bf16 autocast) through the same code on the CPU: gates, scans and loss stay finite.
+    config = refiner_config(world, trained_base.model_path, tmp_path / "probs")
+    result = train_refiner(replace(config, loop=replace(config.loop, steps=2, amp="bf16")), tmp_path / "run")
+    assert result.final_loss is not None and 0 < result.final_loss < 10
+    state = weights.load_checkpoint(result.model_path).state_dict
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in state.values())
