@@ -10,14 +10,12 @@ the authors' Caffe model), upsampled and decoded to refined logits. Two forms:
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from refine_cli.models.guidance import GuidanceNet
-from refine_cli.ops import DIRECTIONS, normalize_gates, propagate
+from refine_cli.ops import propagate_directions
 from refine_cli.ops.propagate import Backend, GateNorm
 
 
@@ -38,10 +36,8 @@ class SpatialPropagation(nn.Module):
         """x: (N, K, C, h, w) float, K groups of C hidden maps that share the gates.
         gates: (N, 4, 3, C, h, w) raw gates (directions in the order of `refine_cli.ops.DIRECTIONS`).
         Returns (N, K, C, h, w) in x's dtype."""
-        normed = [normalize_gates(gates[:, d], self.gate_norm) for d in range(len(DIRECTIONS))]
         for _ in range(self.passes):
-            scans = (propagate(x, g, d, backend=self.backend) for g, d in zip(normed, DIRECTIONS))
-            x = functools.reduce(torch.maximum, scans)
+            x = propagate_directions(x, gates, gate_norm=self.gate_norm, backend=self.backend)
         return x
 
 

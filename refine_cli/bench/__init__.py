@@ -1,0 +1,1 @@
+"""Measurements behind `refine-cli bench` and the scripts in benchmarks/: timing medians and peak memory."""
