@@ -38,8 +38,16 @@ demo: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/refine-cli refine examples/ --out demo-out --overwrite
 	@echo "Refined masks: demo-out/masks  overlays: demo-out/overlays"
 
+# The measurements the README cites, on this machine, as JSON (and the scaling plot) under benchmarks/results/;
+# benchmarks/README.md lists each command and the GPU runs. The CRF baseline and the plot need the crf, plot extras.
 bench: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/refine-cli bench
+	$(PIP) install -e ".[crf,plot]"
+	mkdir -p benchmarks/results
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/refine-cli bench pipeline --json benchmarks/results/pipeline.json
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/refine-cli bench refiner-vs-crf --json benchmarks/results/refiner_vs_crf.json
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/refine-cli bench scaling --json benchmarks/results/scaling.json \
+		--plot benchmarks/results/scaling.png
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/refine-cli bench ops --refiner --json benchmarks/results/ops.json
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

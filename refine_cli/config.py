@@ -257,3 +257,20 @@ class RefinerTrainConfig:
     init: str = "auto"
     optim: OptimConfig = field(default_factory=OptimConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """`refine-cli bench` defaults. Workloads are synthetic JPEGs of `size` x `size` rendered from `seed`
+    (refine_cli.data.synth); times are medians of `repeats` runs. compare_images / crf_iterations: the refiner
+    vs dense CRF comparison (the CRF at 5 mean-field iterations, as the speed target states it); scaling_sizes /
+    scaling_batches: the image size x batch grid of `bench scaling`."""
+
+    images: int = 32
+    size: int = 512
+    seed: int = 0
+    repeats: int = 3
+    compare_images: int = 8
+    crf_iterations: int = 5
+    scaling_sizes: tuple[int, ...] = (256, 512, 1024, 2048)
+    scaling_batches: tuple[int, ...] = (1, 4)

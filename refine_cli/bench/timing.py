@@ -53,13 +53,15 @@ def _peak_child(setup: Callable[[], Callable[[], Any]], queue: "mp.Queue[float |
 def extra_peak_mib(setup: Callable[[], Callable[[], Any]]) -> float | None:
     """Peak resident memory (MiB) that one call of `setup()()` adds on top of what `setup` allocated, measured in a
     fresh process so earlier runs do not hide it. `setup` must be picklable (a module-level function or a
-    functools.partial of one). CPU only; None where /proc is not available."""
+    functools.partial of one). CPU only; None where /proc is not available or the child did not finish (for
+    instance killed for running out of memory)."""
     if not os.path.exists("/proc/self/clear_refs"):
         return None
     ctx = mp.get_context("spawn")
     queue: mp.Queue[float | None] = ctx.Queue()
     proc = ctx.Process(target=_peak_child, args=(setup, queue))
     proc.start()
-    value = queue.get()
-    proc.join()
-    return value
+    proc.join()  # the child puts one float: small enough for the queue's buffer, so join cannot deadlock
+    if proc.exitcode != 0:
+        return None  # killed (e.g. out of memory) or failed: no reading
+    return queue.get(timeout=5)

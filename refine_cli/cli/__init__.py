@@ -29,6 +29,8 @@ from refine_cli.cli.data import app as data_app  # noqa: E402
 app.add_typer(data_app, name="data")
 from refine_cli.cli.train import app as train_app  # noqa: E402
 app.add_typer(train_app, name="train")
+from refine_cli.cli.bench import app as bench_app  # noqa: E402
+app.add_typer(bench_app, name="bench")
 
 def main() -> None:
     app()
