@@ -202,6 +202,7 @@ class DilatedNet(VGG16Trunk):
         context_padding: ContextPadding = "once",
         adaptive_rf: bool = False,
         rf_init: float = 1.0,
+        batch_norm: bool = False,
     ) -> None:
         if num_classes < 1 or fc_channels < 1:
             raise ValueError(f"num_classes and fc_channels must be positive: {num_classes}, {fc_channels}")
@@ -215,6 +216,7 @@ class DilatedNet(VGG16Trunk):
             pool_kernel=2,
             pool_strides=(2, 2, 2, 1, 1),
             conv5_dilation=CONV5_DILATION,
+            batch_norm=batch_norm,
         )
         self.pool4 = nn.Identity()  # removed in the front end; the trunk's forward still calls them
         self.pool5 = nn.Identity()
@@ -422,6 +424,7 @@ def dilated_frontend_vgg16(
     padding: Padding = "reflect",
     adaptive_rf: bool = False,
     rf_init: float = 1.0,
+    batch_norm: bool = False,
 ) -> DilatedNet:
     """The DilatedNet front end (Yu & Koltun 2016): VGG-16 without pool4/pool5, conv5 dilated 2, fc6 7x7
     dilated 4 (4096), fc7, final 1x1; output stride 8, logits upsampled to the input. See `DilatedNet`.
@@ -431,7 +434,7 @@ def dilated_frontend_vgg16(
     this, so none are quoted here rather than quoted from memory."""
     return DilatedNet(
         num_classes=num_classes, width=width, fc_channels=fc_channels, padding=padding,
-        adaptive_rf=adaptive_rf, rf_init=rf_init,
+        adaptive_rf=adaptive_rf, rf_init=rf_init, batch_norm=batch_norm,
     )
 
 
@@ -445,11 +448,12 @@ def dilated_context_vgg16(
     context_padding: ContextPadding = "once",
     adaptive_rf: bool = False,
     rf_init: float = 1.0,
+    batch_norm: bool = False,
 ) -> DilatedNet:
     """Front end + context module (Yu & Koltun 2016). context: "large" (default, the released VOC model
     "Dilation8": widths 2C, 2C, 4C, 8C, 16C, 32C, 32C, C) or "basic" (C throughout). Identity-initialised;
     trained on a frozen front end (`load_frontend`, `freeze_frontend`). See `DilatedNet`, `ContextModule`."""
     return DilatedNet(
         num_classes=num_classes, width=width, fc_channels=fc_channels, padding=padding, context=context,
-        context_padding=context_padding, adaptive_rf=adaptive_rf, rf_init=rf_init,
+        context_padding=context_padding, adaptive_rf=adaptive_rf, rf_init=rf_init, batch_norm=batch_norm,
     )

@@ -81,6 +81,7 @@ class FCN(VGG16Trunk):
         at_once: bool = False,
         adaptive_rf: bool = False,
         rf_init: float = 1.0,
+        batch_norm: bool = False,
     ) -> None:
         if stride not in OUTPUT_OFFSET:
             raise ValueError(f"stride must be 32, 16 or 8, got {stride}")
@@ -88,7 +89,7 @@ class FCN(VGG16Trunk):
             raise ValueError(f"num_classes and fc_channels must be positive: {num_classes}, {fc_channels}")
         if at_once and stride != 8:
             raise ValueError("at_once exists only for FCN-8s")
-        super().__init__(width=width, conv1_padding=100)
+        super().__init__(width=width, conv1_padding=100, batch_norm=batch_norm)
         self.stride = stride
         self.num_classes = num_classes
         self.fc_channels = fc_channels
@@ -212,11 +213,12 @@ def fcn32s(
     fc_channels: int = 4096,
     adaptive_rf: bool = False,
     rf_init: float = 1.0,
+    batch_norm: bool = False,
 ) -> FCN:
     """FCN-32s: scores from fc7 only, upsampled 32x in one transposed conv. adaptive_rf: see `FCN`."""
     return FCN(
         stride=32, num_classes=num_classes, width=width, fc_channels=fc_channels,
-        adaptive_rf=adaptive_rf, rf_init=rf_init,
+        adaptive_rf=adaptive_rf, rf_init=rf_init, batch_norm=batch_norm,
     )
 
 
@@ -227,11 +229,12 @@ def fcn16s(
     fc_channels: int = 4096,
     adaptive_rf: bool = False,
     rf_init: float = 1.0,
+    batch_norm: bool = False,
 ) -> FCN:
     """FCN-16s: fc7 scores upsampled 2x and fused with pool4 scores, then upsampled 16x."""
     return FCN(
         stride=16, num_classes=num_classes, width=width, fc_channels=fc_channels,
-        adaptive_rf=adaptive_rf, rf_init=rf_init,
+        adaptive_rf=adaptive_rf, rf_init=rf_init, batch_norm=batch_norm,
     )
 
 
@@ -243,9 +246,10 @@ def fcn8s(
     at_once: bool = False,
     adaptive_rf: bool = False,
     rf_init: float = 1.0,
+    batch_norm: bool = False,
 ) -> FCN:
     """FCN-8s: FCN-16s's fusion plus pool3 scores, then upsampled 8x. at_once: fcn8s-atonce's skip scaling."""
     return FCN(
         stride=8, num_classes=num_classes, width=width, fc_channels=fc_channels, at_once=at_once,
-        adaptive_rf=adaptive_rf, rf_init=rf_init,
+        adaptive_rf=adaptive_rf, rf_init=rf_init, batch_norm=batch_norm,
     )

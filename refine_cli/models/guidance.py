@@ -29,12 +29,15 @@ class GuidanceNet(VGG16Trunk):
 
     width: VGG width multiplier (1.0: the released VGG-16; the compact refiner uses a narrow one).
     channels: C, the number of hidden channels the gates are for.
+    batch_norm: BatchNorm after every encoder conv (see `VGG16Trunk`; the compact refiner trains from scratch).
     last_channels: width of the last decoder conv (before width scaling). The first three decoder convs have
         the widths of conv5_3, conv4_3 and conv3_3, the skips their outputs are summed with.
     """
 
-    def __init__(self, *, channels: int, width: float = 1.0, last_channels: int = 128) -> None:
-        super().__init__(width=width)
+    def __init__(
+        self, *, channels: int, width: float = 1.0, last_channels: int = 128, batch_norm: bool = False
+    ) -> None:
+        super().__init__(width=width, batch_norm=batch_norm)
         c3, c4, c5 = self.block_channels[2], self.block_channels[3], self.block_channels[4]
         last = scaled(last_channels, width)
         self.channels = channels

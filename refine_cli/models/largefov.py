@@ -54,6 +54,7 @@ class DeepLabLargeFOV(VGG16Trunk):
         fc_channels: int = 1024,
         adaptive_rf: bool = False,
         rf_init: float = 1.0,
+        batch_norm: bool = False,
     ) -> None:
         if num_classes < 1 or fc_channels < 1:
             raise ValueError(f"num_classes and fc_channels must be positive: {num_classes}, {fc_channels}")
@@ -64,6 +65,7 @@ class DeepLabLargeFOV(VGG16Trunk):
             pool_padding=1,
             pool_strides=POOL_STRIDES,
             conv5_dilation=CONV5_DILATION,
+            batch_norm=batch_norm,
         )
         self.num_classes = num_classes
         self.fc_channels = fc_channels
@@ -147,10 +149,11 @@ def deeplab_largefov(
     fc_channels: int = 1024,
     adaptive_rf: bool = False,
     rf_init: float = 1.0,
+    batch_norm: bool = False,
 ) -> DeepLabLargeFOV:
     """DeepLab-LargeFOV (VGG-16, output stride 8, fc6 3x3 dilated by 12). adaptive_rf, rf_init: see
     `DeepLabLargeFOV`."""
     return DeepLabLargeFOV(
         num_classes=num_classes, width=width, fc_channels=fc_channels, adaptive_rf=adaptive_rf,
-        rf_init=rf_init,
+        rf_init=rf_init, batch_norm=batch_norm,
     )

@@ -123,10 +123,11 @@ class ParseNet(DeepLabLargeFOV):
         scale_init: float = DEFAULT_SCALE,
         adaptive_rf: bool = False,
         rf_init: float = 1.0,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__(
             num_classes=num_classes, width=width, fc_channels=fc_channels, adaptive_rf=adaptive_rf,
-            rf_init=rf_init,
+            rf_init=rf_init, batch_norm=batch_norm,
         )
         del self.fc8  # the head is the classifier
         self.head = ParseNetHead(
@@ -148,11 +149,12 @@ def parsenet_vgg16(
     scale_init: float = DEFAULT_SCALE,
     adaptive_rf: bool = False,
     rf_init: float = 1.0,
+    batch_norm: bool = False,
 ) -> ParseNet:
     """ParseNet, VGG-16 DeepLab-LargeFOV base (Liu, Rabinovich & Berg 2015): global average of fc7, L2
     normalised and rescaled, fused early (concatenated) or late (scored and summed). context=False and
     l2norm=False give the paper's ablations on the same network. See `ParseNet`."""
     return ParseNet(
         num_classes=num_classes, width=width, fc_channels=fc_channels, fusion=fusion, context=context,
-        l2norm=l2norm, scale_init=scale_init, adaptive_rf=adaptive_rf, rf_init=rf_init,
+        l2norm=l2norm, scale_init=scale_init, adaptive_rf=adaptive_rf, rf_init=rf_init, batch_norm=batch_norm,
     )

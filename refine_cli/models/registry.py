@@ -46,16 +46,16 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
     "fcn16s_vgg16": ModelSpec(fcn_vgg.fcn16s, "base", CAFFE_FCN, "FCN-16s, VGG-16 (Long et al.)", trunk="vgg16"),
     "fcn8s_vgg16": ModelSpec(fcn_vgg.fcn8s, "base", CAFFE_FCN, "FCN-8s, VGG-16 (Long et al.)", trunk="vgg16"),
     "fcn8s_vgg16_compact": ModelSpec(
-        fcn_vgg.fcn8s, "base", IMAGENET, "FCN-8s with a quarter-width VGG-16 trunk, for CPUs",
-        defaults=_fixed(width=0.25, fc_channels=256),
+        fcn_vgg.fcn8s, "base", IMAGENET, "FCN-8s with a quarter-width, batch-normalised VGG-16 trunk, for CPUs",
+        defaults=_fixed(width=0.25, fc_channels=256, batch_norm=True),
     ),
     # DeepLab v1/v2 LargeFOV.
     "deeplab_largefov_vgg16": ModelSpec(
         largefov.deeplab_largefov, "base", IMAGENET, "DeepLab-LargeFOV, VGG-16 (Chen et al.)", trunk="vgg16"
     ),
     "deeplab_largefov_vgg16_compact": ModelSpec(
-        largefov.deeplab_largefov, "base", IMAGENET, "DeepLab-LargeFOV with a quarter-width VGG-16 trunk",
-        defaults=_fixed(width=0.25, fc_channels=256),
+        largefov.deeplab_largefov, "base", IMAGENET, "DeepLab-LargeFOV with a quarter-width, batch-normalised VGG-16 trunk",
+        defaults=_fixed(width=0.25, fc_channels=256, batch_norm=True),
     ),
     # DilatedNet (Yu & Koltun): the front end, then the context module trained on the frozen front end.
     # The compact pair shares its front-end geometry ("same" padding) so that one loads into the other.
@@ -69,13 +69,13 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
     ),
     "dilated_frontend_vgg16_compact": ModelSpec(
         dilated.dilated_frontend_vgg16, "base", IMAGENET,
-        "DilatedNet front end, quarter-width VGG-16, zero-padded convs, for CPUs",
-        defaults=_fixed(width=0.25, fc_channels=128, padding="same"),
+        "DilatedNet front end, quarter-width batch-normalised VGG-16, zero-padded convs, for CPUs",
+        defaults=_fixed(width=0.25, fc_channels=128, padding="same", batch_norm=True),
     ),
     "dilated_context_vgg16_compact": ModelSpec(
         dilated.dilated_context_vgg16, "base", IMAGENET,
         "DilatedNet compact front end + basic context module, for CPUs",
-        defaults=_fixed(width=0.25, fc_channels=128, padding="same", context="basic"),
+        defaults=_fixed(width=0.25, fc_channels=128, padding="same", context="basic", batch_norm=True),
     ),
     # ParseNet (Liu, Rabinovich & Berg): global context on DeepLab-LargeFOV.
     "parsenet_vgg16": ModelSpec(
@@ -83,8 +83,8 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
         trunk="vgg16",
     ),
     "parsenet_vgg16_compact": ModelSpec(
-        parsenet.parsenet_vgg16, "base", IMAGENET, "ParseNet on a quarter-width DeepLab-LargeFOV VGG-16",
-        defaults=_fixed(width=0.25, fc_channels=256),
+        parsenet.parsenet_vgg16, "base", IMAGENET, "ParseNet on a quarter-width, batch-normalised DeepLab-LargeFOV VGG-16",
+        defaults=_fixed(width=0.25, fc_channels=256, batch_norm=True),
     ),
     # torchvision-compatible dilated ResNet / MobileNetV3 models.
     "fcn_resnet50": ModelSpec(
@@ -118,7 +118,7 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
     ),
     "spn_universal_compact": ModelSpec(
         spn.spn_universal, "refiner", IMAGENET, "Universal SPN refiner with the compact guidance net",
-        defaults=_fixed(guidance_width=0.125, hidden=16, mid_channels=16),
+        defaults=_fixed(guidance_width=0.125, guidance_batch_norm=True, hidden=16, mid_channels=16),
     ),
     "spn_voc21": ModelSpec(
         spn.spn_voc21, "refiner", IMAGENET, "SPN as released for VOC: 21 classes in, 32 hidden channels",

@@ -105,6 +105,7 @@ def suppress_absent_classes(logits: torch.Tensor, coarse: torch.Tensor) -> torch
 def spn_universal(
     *,
     guidance_width: float = 1.0,
+    guidance_batch_norm: bool = False,
     hidden: int = 16,
     mid_channels: int = 16,
     passes: int = 2,
@@ -114,7 +115,7 @@ def spn_universal(
     resolution, 1 out), the class-agnostic form of the SPN slides. Gates normalised where their magnitudes exceed 1
     (the authors' PyTorch module). Reported (VOC 2012 val, trained on FCN-8s outputs, applied unchanged):
     FCN-8s 65.51 -> 69.86, DeepLab-VGG16 68.97 -> 73.12, DeepLab-ResNet-101 76.46 -> 79.76 mIoU."""
-    guidance = GuidanceNet(channels=hidden, width=guidance_width)
+    guidance = GuidanceNet(channels=hidden, width=guidance_width, batch_norm=guidance_batch_norm)
     return SPNRefiner(
         guidance=guidance, per_class=True, mid_channels=mid_channels, passes=passes, gate_norm=gate_norm
     )

@@ -48,6 +48,9 @@ class VGG16Trunk(nn.Module):
     pool_strides: per pool (DeepLab-LargeFOV keeps pool4 and pool5 at stride 1).
     conv5_dilation: dilation (= padding) of conv5_1..conv5_3 (2 in DeepLab, restoring the field of view
         lost with pool4's stride).
+    batch_norm: a BatchNorm after every conv (`bn1_1` ... `bn5_3`), as in torchvision's vgg16_bn. Not in any
+        of the published nets; the compact variants use it because plain narrow VGGs trained from scratch stay
+        stuck at the class prior for hundreds of steps (measured on the synthetic world), while with BN they learn.
     All pools use ceil mode, as Caffe's pooling does.
     """
 
@@ -64,6 +67,7 @@ class VGG16Trunk(nn.Module):
         pool_padding: int = 0,
         pool_strides: Sequence[int] = (2, 2, 2, 2, 2),
         conv5_dilation: int = 1,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if width <= 0:
@@ -71,6 +75,7 @@ class VGG16Trunk(nn.Module):
         if len(pool_strides) != len(VGG16_BLOCKS):
             raise ValueError(f"pool_strides needs {len(VGG16_BLOCKS)} values, got {tuple(pool_strides)}")
         self.width = width
+        self.batch_norm = batch_norm
         self.block_channels = tuple(scaled(c, width) for c, _ in VGG16_BLOCKS)
         c_in = 3
         for b, (_, n) in enumerate(VGG16_BLOCKS):
@@ -83,6 +88,8 @@ class VGG16Trunk(nn.Module):
                 else:
                     pad, dil = 1, 1
                 setattr(self, f"conv{b + 1}_{i + 1}", nn.Conv2d(c_in, c_out, 3, padding=pad, dilation=dil))
+                if batch_norm:
+                    setattr(self, f"bn{b + 1}_{i + 1}", nn.BatchNorm2d(c_out))
                 c_in = c_out
             setattr(
                 self,
@@ -102,7 +109,10 @@ class VGG16Trunk(nn.Module):
         kept: list[torch.Tensor] = []
         for b, (_, n) in enumerate(VGG16_BLOCKS):
             for i in range(n):
-                h = F.relu(getattr(self, f"conv{b + 1}_{i + 1}")(h), inplace=True)
+                h = getattr(self, f"conv{b + 1}_{i + 1}")(h)
+                if self.batch_norm:
+                    h = getattr(self, f"bn{b + 1}_{i + 1}")(h)
+                h = F.relu(h, inplace=True)
             if b >= 2:
                 kept.append(h)
             h = getattr(self, f"pool{b + 1}")(h)
