@@ -20,10 +20,14 @@ def test_batch_norm_normalises_conv_outputs_in_training():
     trunk = VGG16Trunk(width=0.125, batch_norm=True).train()
     with torch.no_grad():
         trunk.conv1_1.bias.fill_(5.0)  # a large offset that BatchNorm must remove
-    seen = {}
-    trunk.bn1_1.register_forward_hook(lambda m, i, o: seen.setdefault("out", o.clone()))  # ReLU runs in place
+    seen = []
+
+    def keep(module, inputs, output):  # returns None: a hook's return value would replace the output
+        seen.append(output.detach().clone())  # cloned: the trunk's ReLU runs in place afterwards
+
+    trunk.bn1_1.register_forward_hook(keep)
     trunk.forward_trunk(torch.randn(4, 3, 32, 32))
-    mean = seen["out"].mean(dim=(0, 2, 3))
+    mean = seen[0].mean(dim=(0, 2, 3))
     assert mean.abs().max() < 1e-4
 
 
