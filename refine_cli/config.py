@@ -27,7 +27,9 @@ class SynthConfig:
     val_fraction: float = 0.2
     supersample: int = 4  # shapes rasterised at 4x and area-averaged: antialiased edges, majority labels
     objects: tuple[int, int] = (2, 6)  # labelled shapes per image, inclusive
-    distractors: tuple[int, int] = (1, 3)  # background-class clutter (blobs, boxes) per image, inclusive
+    distractors: tuple[int, int] = (0, 3)  # background-class clutter (blobs, boxes) per image, inclusive
+    class_tint: tuple[float, float] = (0.3, 0.8)  # share of a surface's colour pulled to its class hue (clutter: any)
+    background_saturation: tuple[float, float] = (0.15, 0.7)  # share of colour a background surface keeps
     radius: tuple[float, float] = (0.10, 0.45)  # object radius / short side, log-uniform (~82 % background)
     aspect: tuple[float, float] = (0.8, 1.25)  # mild anisotropic stretch, as from a slanted view
     line_width_px: tuple[float, float] = (1.5, 4.0)  # the thin "bars" class, at the final resolution

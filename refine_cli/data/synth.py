@@ -29,7 +29,7 @@ from refine_cli.io import atomic_write
 from refine_cli.labels import voc_palette
 
 SYNTH_CLASSES: tuple[str, ...] = ("background", "disc", "ring", "triangle", "star", "cross", "crescent", "bars")
-FORMAT_VERSION = 1  # bump when the same (seed, index) would render differently
+FORMAT_VERSION = 2  # bump when the same (seed, index) would render differently
 _NAME = "synth_{:06d}"
 _NAME_RE = re.compile(r"^synth_\d{6}\.(jpg|png)$")
 # Entropy tags keep the split draw and the per-image draws apart for one seed.
@@ -292,9 +292,9 @@ def _render_once(rng: np.random.Generator, config: SynthConfig) -> Rendered:
     lo, hi = -config.border_margin, 1.0 + config.border_margin
     canvas = _Canvas(h, w, len(SYNTH_CLASSES))
     full = (0, 0, h, w)
-    canvas.paint(np.ones((h, w), np.float32), full, _texture_patch(rng, full, config), 0)
+    canvas.paint(np.ones((h, w), np.float32), full, _desaturate(_texture_patch(rng, full, config), rng, config), 0)
     if rng.random() < config.split_background_p:
-        _draw(canvas, _split_shape(rng, h, w), 0, rng, config, shadow=False)
+        _draw(canvas, _split_shape(rng, h, w), 0, rng, config, shadow=False, tint=0)
 
     layers = [("object", int(rng.integers(1, len(SYNTH_CLASSES)))) for _ in range(int(rng.integers(
         config.objects[0], config.objects[1] + 1)))]
@@ -305,7 +305,9 @@ def _render_once(rng: np.random.Generator, config: SynthConfig) -> Rendered:
         r = short * math.exp(rng.uniform(math.log(config.radius[0]), math.log(config.radius[1])))
         shape = (_object_shape(cls, rng, cx, cy, r, config, short) if kind == "object"
                  else _distractor_shape(rng, cx, cy, r))
-        _draw(canvas, shape, cls, rng, config, shadow=rng.random() < config.shadow_p)
+        # Clutter takes the colour cast of a random class: colour hints at a class, only shape decides.
+        tint = cls if kind == "object" else int(rng.integers(1, len(SYNTH_CLASSES)))
+        _draw(canvas, shape, cls, rng, config, shadow=rng.random() < config.shadow_p, tint=tint)
 
     image = canvas.image
     gy, gx = rng.uniform(-0.2, 0.2, 2)  # global illumination gradient
@@ -319,8 +321,36 @@ def _render_once(rng: np.random.Generator, config: SynthConfig) -> Rendered:
     return Rendered(np.clip(np.rint(image), 0, 255).astype(np.uint8), label, quality)
 
 
+def _class_tint(patch: np.ndarray, cls: int, rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
+    """Pull a surface's colour toward its class hue by a random share in `cfg.class_tint`, keeping the texture's
+    brightness detail: like real object classes, a colour tendency, never a rule (clutter gets one too).
+    Class 0 (background surfaces) is desaturated instead."""
+    if cls == 0:  # background surfaces: duller, as a backdrop usually is next to the things in front of it
+        return _desaturate(patch, rng, cfg)
+    strength = rng.uniform(*cfg.class_tint)
+    hue = (cls - 1) / (len(SYNTH_CLASSES) - 1) + rng.normal(0.0, 0.03)
+    rgb = np.array(_hue_rgb(hue), np.float32)
+    luma = patch @ np.array([0.299, 0.587, 0.114], np.float32)
+    return (1.0 - strength) * patch + strength * luma[..., None] * (rgb / rgb.mean())
+
+
+def _desaturate(patch: np.ndarray, rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
+    """Keep a random share (`cfg.background_saturation`) of a surface's colour around its brightness."""
+    keep = rng.uniform(*cfg.background_saturation)
+    luma = patch @ np.array([0.299, 0.587, 0.114], np.float32)
+    return luma[..., None] + keep * (patch - luma[..., None])
+
+
+def _hue_rgb(hue: float) -> tuple[float, float, float]:
+    """A saturated colour of the given hue (0..1, wrapping), each channel in [0.15, 1]."""
+    h6 = (hue % 1.0) * 6.0
+    x = 1.0 - abs(h6 % 2.0 - 1.0)
+    r, g, b = [(1, x, 0), (x, 1, 0), (0, 1, x), (0, x, 1), (x, 0, 1), (1, 0, x)][int(h6) % 6]
+    return tuple(0.15 + 0.85 * v for v in (r, g, b))
+
+
 def _draw(canvas: _Canvas, shape: _Shape, cls: int, rng: np.random.Generator, cfg: SynthConfig, *,
-          shadow: bool) -> None:
+          shadow: bool, tint: int | None = None) -> None:
     h, w = canvas.image.shape[:2]
     raster = _rasterise(shape, h, w, cfg.supersample)
     if raster is None:
@@ -328,7 +358,10 @@ def _draw(canvas: _Canvas, shape: _Shape, cls: int, rng: np.random.Generator, cf
     alpha, box = raster
     if shadow:
         canvas.shadow(rng, alpha, box)
-    canvas.paint(alpha, box, _texture_patch(rng, box, cfg), cls)
+    patch = _texture_patch(rng, box, cfg)
+    if tint is not None:
+        patch = _class_tint(patch, tint, rng, cfg)
+    canvas.paint(alpha, box, patch, cls)
 
 
 # ---- files ----
