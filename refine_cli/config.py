@@ -53,6 +53,9 @@ class AugmentConfig:
     shift_fraction: float = 0.5
     image_fill: float = 0.0  # outside the source image, on the image's own scale (0..255 for uint8)
     probs_fill: str = "uniform"  # "uniform" or "background": coarse probabilities outside the source image
+    # Share of crops whose coarse probabilities become the one-hot of their argmax, the way masks made elsewhere
+    # arrive (`refine --masks`). Not in the released recipe (0); the bundled universal refiner uses it.
+    hard_probs_p: float = 0.0
 
 
 @dataclass(frozen=True)

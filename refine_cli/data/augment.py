@@ -209,7 +209,8 @@ def refiner_crops(
     crop: CropConfig = _CROP,
 ) -> CropBatch:
     """One image's share of a training batch as released: one joint affine (skipped when `augment` is
-    None), then `crop.crops_per_image` crops (4 images x 10 crops made the batch of 40)."""
+    None), then `crop.crops_per_image` crops (4 images x 10 crops made the batch of 40); with
+    `augment.hard_probs_p`, that share of the crops gets one-hot coarse probabilities (the argmax)."""
     if augment is not None:
         image, label, probs, _ = joint_affine(
             image, label, probs, rng=rng, rotation_deg=augment.rotation_deg, scale=augment.scale,
@@ -222,8 +223,10 @@ def refiner_crops(
                                 max_tries=crop.max_tries, image_fill=fill, probs_fill=how)
         for _ in range(crop.crops_per_image)
     ]
-    return CropBatch(
-        torch.stack([c.image for c in crops]),
-        torch.stack([c.label for c in crops]),
-        None if probs is None else torch.stack([c.probs for c in crops]),
-    )
+    crop_probs = None if probs is None else torch.stack([c.probs for c in crops])
+    hard_p = augment.hard_probs_p if augment is not None else 0.0
+    if crop_probs is not None and hard_p > 0:
+        hard = torch.rand(len(crops), generator=rng) < hard_p
+        onehot = torch.nn.functional.one_hot(crop_probs.argmax(1), crop_probs.shape[1]).permute(0, 3, 1, 2)
+        crop_probs = torch.where(hard[:, None, None, None], onehot.to(crop_probs.dtype), crop_probs)
+    return CropBatch(torch.stack([c.image for c in crops]), torch.stack([c.label for c in crops]), crop_probs)

@@ -143,3 +143,24 @@ def test_refiner_crops_make_a_batch():
     again = refiner_crops(image, label, probs, rng=torch.Generator().manual_seed(0),
                           crop=CropConfig(size=32, crops_per_image=4))
     assert torch.equal(batch.images, again.images) and torch.equal(batch.labels, again.labels)
+
+
+def test_hard_probs_turn_that_share_of_crops_one_hot():
+    from refine_cli.config import AugmentConfig
+
+    gen = torch.Generator().manual_seed(3)
+    image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=gen)
+    label = torch.randint(0, 3, (64, 64), generator=gen)
+    probs = torch.softmax(torch.randn(3, 64, 64, generator=gen), 0)
+    crop = CropConfig(size=32, crops_per_image=40, min_labels=1)
+
+    def crops(p: float):
+        aug = AugmentConfig(rotation_deg=0, scale=0, shift_fraction=0, hard_probs_p=p)
+        return refiner_crops(image, label, probs, rng=torch.Generator().manual_seed(0), augment=aug, crop=crop)
+
+    soft, half, hard = crops(0.0), crops(0.5), crops(1.0)
+    is_onehot = lambda p: ((p == 0) | (p == 1)).flatten(1).all(1)  # noqa: E731
+    assert not is_onehot(soft.probs).any()
+    assert is_onehot(hard.probs).all()
+    torch.testing.assert_close(hard.probs.argmax(1), soft.probs.argmax(1))  # the argmax is kept
+    assert 5 < int(is_onehot(half.probs).sum()) < 35
