@@ -83,8 +83,7 @@ def evaluate_command(
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write the report as JSON to this file ('-': "
                                                     "stdout).")] = None,
 ) -> None:
-    """Score base, base + SPN and (with --crf) base + dense CRF: pixel accuracy, mean accuracy, mIoU, boundary F
-    and the time of each refinement per image."""
+    """Score base, base + SPN and (with --crf) base + dense CRF: accuracy, mIoU, boundary F, time per image."""
     view = err_console if json_out == "-" else console
     with cli_errors():
         if crf and not crf_available():
