@@ -178,11 +178,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write(path: str | Path, writer: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: str | Path, writer: Callable[[BinaryIO], None], *, durable: bool = False) -> None:
     """Call `writer` with a binary file open for writing, then move the result over `path` atomically
-    (see `atomic_path`)."""
+    (see `atomic_path`). durable: also fsync the file before the rename, so a power cut cannot leave an
+    empty `path` either (checkpoints and manifests; not worth it for thousands of masks)."""
     with atomic_path(path) as tmp, open(tmp, "xb") as handle:
         writer(handle)
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 # --------------------------------------------------------------------------------------------- reading

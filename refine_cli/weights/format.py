@@ -8,7 +8,6 @@ from __future__ import annotations
 import inspect
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from refine_cli.errors import UnknownNameError, WeightsError
+from refine_cli.io import atomic_write
 from refine_cli.labels import voc_palette
 from refine_cli.transforms import Preprocess
 
@@ -224,17 +224,7 @@ def save_checkpoint(path: str | os.PathLike[str], ckpt: Checkpoint, *, half: boo
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """`torch.save` to a temp file beside `path`, flushed to disk, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f), durable=True)
 
 
 def read_torch_file(path: str | os.PathLike[str], *, map_location: Any = "cpu", mmap: bool = False) -> Any:

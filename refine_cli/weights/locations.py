@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import refine_cli
 from refine_cli.config import CacheConfig, WeightsConfig
 from refine_cli.errors import WeightsError
+from refine_cli.io import atomic_write
 
 CACHE = CacheConfig()
 WEIGHTS = WeightsConfig()
@@ -66,17 +66,8 @@ def now_iso() -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """UTF-8 text written atomically and durably (see `refine_cli.io.atomic_write`)."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")), durable=True)
 
 
 def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
