@@ -35,8 +35,9 @@ test-fast: dev
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
 
 demo: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/refine-cli refine examples/ --out demo-out --overwrite
-	@echo "Refined masks: demo-out/masks  overlays: demo-out/overlays"
+	$(BIN)/refine-cli refine examples/synth --out demo-out/synth --overwrite
+	$(BIN)/refine-cli refine examples/photos --masks examples/photos_masks --out demo-out/photos --overwrite
+	@echo "Refined masks and overlays: demo-out/synth/{masks,overlays}, demo-out/photos/{masks,overlays}"
 
 # The measurements the README cites, on this machine, as JSON (and the scaling plot) under benchmarks/results/;
 # benchmarks/README.md lists each command and the GPU runs. The CRF baseline and the plot need the crf, plot extras.

@@ -18,6 +18,7 @@ from rich.text import Text
 from refine_cli import io
 from refine_cli.cli.common import cli_errors, console, err_console
 from refine_cli.config import PipelineConfig
+from refine_cli.ops import available_backends
 from refine_cli.pipeline import FolderOptions, FolderSummary, Refiner
 from refine_cli.pipeline.distributed import Shard, gather_summaries, shard_from_env
 
@@ -109,6 +110,9 @@ def _run(
         summary.device = model.describe_device()
         where = f" (rank {shard.rank} of {shard.world})" if shard is not None else ""
         view.print(f"[bold]device[/]: {summary.device}{where}", highlight=False)
+        if model.refiner is not None:
+            with view.status("preparing the propagation kernels (the C++ one is compiled on first use, ~20 s)"):
+                available_backends(model.device)
         events = model.refine_items(
             items, out, masks_dir=masks, num_classes=num_classes,
             options=FolderOptions(overwrite=overwrite, overlay=overlay, save_probs=save_probs, save_coarse=save_coarse),
