@@ -14,7 +14,7 @@ from torch import nn
 from refine_cli.errors import WeightsError
 from refine_cli.models.adaptive_rf import AdaptiveReceptiveField, fc_receptive_field, vgg_trunk_field
 from refine_cli.models.common import SegOutput
-from refine_cli.models.vgg import CONV_NAMES, VGG16Trunk, checkpoint_tensor
+from refine_cli.models.vgg import CONV_NAMES, VGG16Trunk, convolutionalised_fc
 from refine_cli.transforms import IMAGENET, Preprocess
 
 Padding = Literal["reflect", "same"]
@@ -393,13 +393,7 @@ class DilatedNet(VGG16Trunk):
         # As in FCN (and the authors' `vgg_conv.caffemodel`): classifier.0 is fc6 as a 7x7 conv, here
         # dilated by 4 with the same weights, classifier.3 is fc7 as a 1x1 conv.
         pairs = super()._imagenet_pairs(state_dict, preprocess)
-        for src, dst in (("classifier.0", "fc6"), ("classifier.3", "fc7")):
-            weight = self.get_parameter(f"{dst}.weight")
-            flat = (weight.shape[0], weight[0].numel())
-            value = checkpoint_tensor(state_dict, f"{src}.weight", self, f"{dst}.weight", flat)
-            pairs.append((f"{dst}.weight", value))
-            pairs.append((f"{dst}.bias", checkpoint_tensor(state_dict, f"{src}.bias", self, f"{dst}.bias")))
-        return pairs
+        return pairs + convolutionalised_fc(self, state_dict)
 
     def load_imagenet_trunk(
         self, state_dict: Mapping[str, torch.Tensor], *, preprocess: Preprocess | None = None

@@ -13,7 +13,7 @@ from torch import nn
 
 from refine_cli.models.adaptive_rf import AdaptiveReceptiveField, fc_receptive_field, vgg_trunk_field
 from refine_cli.models.common import SegOutput, bilinear_kernel
-from refine_cli.models.vgg import VGG16Trunk, checkpoint_tensor
+from refine_cli.models.vgg import VGG16Trunk, convolutionalised_fc
 from refine_cli.transforms import CAFFE_FCN, Preprocess
 
 Stride = Literal[32, 16, 8]
@@ -184,13 +184,7 @@ class FCN(VGG16Trunk):
         # classifier.3 (4096 x 4096) is fc7 as a 1x1 conv; torchvision flattens pool5 as (C, H, W), the
         # order of a conv weight's (in, kh, kw). classifier.6 (the 1000 ImageNet classes) is not used.
         pairs = super()._imagenet_pairs(state_dict, preprocess)
-        for src, dst in (("classifier.0", "fc6"), ("classifier.3", "fc7")):
-            weight = self.get_parameter(f"{dst}.weight")
-            flat = (weight.shape[0], weight[0].numel())
-            value = checkpoint_tensor(state_dict, f"{src}.weight", self, f"{dst}.weight", flat)
-            pairs.append((f"{dst}.weight", value))
-            pairs.append((f"{dst}.bias", checkpoint_tensor(state_dict, f"{src}.bias", self, f"{dst}.bias")))
-        return pairs
+        return pairs + convolutionalised_fc(self, state_dict)
 
     def load_imagenet_trunk(
         self, state_dict: Mapping[str, torch.Tensor], *, preprocess: Preprocess | None = None

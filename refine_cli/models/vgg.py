@@ -186,6 +186,20 @@ def checkpoint_tensor(
     return value
 
 
+def convolutionalised_fc(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    """torchvision's VGG-16 classifier as `module`'s fc6 / fc7 convs (the FCN paper's "convolutionalisation"):
+    classifier.0 (4096 x 512*7*7) is fc6 as a 7x7 conv over pool5 (torchvision flattens pool5 as (C, H, W), the
+    order of a conv weight's (in, kh, kw)); classifier.3 (4096 x 4096) is fc7 as a 1x1 conv. Validated like
+    `checkpoint_tensor`; classifier.6 (the 1000 ImageNet classes) is not used."""
+    pairs = []
+    for src, dst in (("classifier.0", "fc6"), ("classifier.3", "fc7")):
+        weight = module.get_parameter(f"{dst}.weight")
+        flat = (weight.shape[0], weight[0].numel())
+        pairs.append((f"{dst}.weight", checkpoint_tensor(state_dict, f"{src}.weight", module, f"{dst}.weight", flat)))
+        pairs.append((f"{dst}.bias", checkpoint_tensor(state_dict, f"{src}.bias", module, f"{dst}.bias")))
+    return pairs
+
+
 def _fold_input(
     weight: torch.Tensor, bias: torch.Tensor, pre: Preprocess
 ) -> list[tuple[str, torch.Tensor]]:
