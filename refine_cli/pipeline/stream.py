@@ -124,8 +124,11 @@ def stream(
             pending.append((job, pool.submit(_decode, job, num_classes, clock)))
 
     def run(group: list[_Decoded]) -> Iterator[RefineResult | Failure]:
-        for start in range(0, len(group), state["batch"]):
-            yield from _run_batch(group[start : start + state["batch"]])
+        done = 0
+        while done < len(group):  # the batch size may shrink while the group is being worked through
+            chunk = group[done : done + state["batch"]]
+            yield from _run_batch(chunk)
+            done += len(chunk)
 
     def _run_batch(group: list[_Decoded]) -> Iterator[RefineResult | Failure]:
         masks = [d.mask for d in group]

@@ -1,0 +1,132 @@
+"""The `Refiner` API: single images, streams of files, batching, memory fallback, the released absent-class rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from refine_cli import Refiner
+from refine_cli.errors import DeviceError, InputError, UsageError
+from refine_cli.pipeline import Failure, RefineResult
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def refiner(nets) -> Refiner:
+    return Refiner(base=nets["base"], refiner=nets["refiner"], device="cpu")
+
+
+def test_refine_one_array_pil_or_path(refiner: Refiner, tmp_path: Path):
+    img = _image(37, 53)
+    result = refiner.refine(img, return_probs=True)
+    assert result.labels.shape == (37, 53) and result.labels.dtype == np.uint8
+    assert result.coarse.shape == (37, 53)
+    assert result.probs.shape == (8, 37, 53)
+    np.testing.assert_allclose(result.probs.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(result.labels, result.probs.argmax(0))
+    np.testing.assert_array_equal(refiner.refine(Image.fromarray(img)).labels, result.labels)
+    Image.fromarray(img).save(tmp_path / "x.png")
+    np.testing.assert_array_equal(refiner.refine(tmp_path / "x.png").labels, result.labels)
+
+
+def test_refined_labels_only_use_classes_the_coarse_map_votes_for(refiner: Refiner):
+    for seed in range(3):
+        result = refiner.refine(_image(48, 48, seed))
+        assert set(np.unique(result.labels)) <= set(np.unique(result.coarse))
+
+
+def test_given_mask_replaces_the_base_network(nets):
+    masks_only = Refiner(base=None, refiner=nets["refiner"], device="cpu")
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:30, 5:20] = 255  # a binary 0/255 mask
+    result = masks_only.refine(_image(40, 40), mask=mask)
+    np.testing.assert_array_equal(result.coarse, mask // 255)
+    assert set(np.unique(result.labels)) <= {0, 1}
+    with pytest.raises(InputError, match="sizes must match"):
+        masks_only.refine(_image(40, 41), mask=mask)
+
+
+def test_no_refiner_returns_the_base_output(nets):
+    base_only = Refiner(base=nets["base"], refiner=None, device="cpu")
+    result = base_only.refine(_image(32, 32))
+    np.testing.assert_array_equal(result.labels, result.coarse)
+
+
+def test_batches_give_what_single_images_give(nets, tmp_path: Path):
+    paths = []
+    for i, (h, w) in enumerate([(32, 40), (32, 40), (48, 32), (32, 40), (48, 32)]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(_image(h, w, i)).save(paths[-1])
+    runs = []
+    for batch_size in (1, 4):
+        model = Refiner(base=nets["base"], refiner=nets["refiner"], device="cpu", batch_size=batch_size)
+        runs.append({r.path.name: r.probs for r in model.refine_paths(paths, return_probs=True)})
+    assert sorted(runs[0]) == sorted(runs[1]) == sorted(p.name for p in paths)
+    for name, probs in runs[0].items():
+        # No padding: a batch differs from single images only by convolution rounding.
+        np.testing.assert_allclose(runs[1][name], probs, atol=1e-4)
+
+
+def test_unreadable_files_come_back_as_failures(refiner: Refiner, tmp_path: Path):
+    good, bad = tmp_path / "good.png", tmp_path / "bad.jpg"
+    Image.fromarray(_image(32, 32)).save(good)
+    bad.write_bytes(b"not an image at all")
+    outcomes = {o.path.name: o for o in refiner.refine_paths([good, bad])}
+    assert isinstance(outcomes["good.png"], RefineResult)
+    assert isinstance(outcomes["bad.jpg"], Failure) and "bad.jpg" in outcomes["bad.jpg"].reason
+
+
+def test_out_of_memory_halves_the_batch(nets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    model = Refiner(base=nets["base"], refiner=nets["refiner"], device="cpu", batch_size=4)
+    run = model.engine.run
+    sizes = []
+
+    def flaky(images, *args, **kwargs):
+        sizes.append(images.shape[0])
+        if images.shape[0] > 1:
+            raise torch.OutOfMemoryError("simulated")
+        return run(images, *args, **kwargs)
+
+    monkeypatch.setattr(model.engine, "run", flaky)
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(_image(32, 32, i)).save(paths[-1])
+    outcomes = list(model.refine_paths(paths))
+    assert all(isinstance(o, RefineResult) for o in outcomes)
+    assert sorted(o.path.name for o in outcomes) == [p.name for p in paths]  # nothing lost on the way down
+    assert sizes == [4, 2, 1, 1, 1, 1]  # later batches stay at the size that fit
+
+
+def test_large_images_run_scaled_down_and_come_back_full_size(nets):
+    small_side = Refiner(base=nets["base"], refiner=nets["refiner"], device="cpu", max_side=64)
+    seen = []
+    base_probs = small_side.engine.base_probs
+    small_side.engine.base_probs = lambda x: seen.append(tuple(x.shape[-2:])) or base_probs(x)
+    result = small_side.refine(_image(100, 200))
+    assert seen == [(32, 64)]
+    assert result.labels.shape == (100, 200)
+
+
+def test_a_gpu_that_is_not_there_is_an_error(nets):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(DeviceError, match="no CUDA GPU"):
+        Refiner(base=nets["base"], refiner=nets["refiner"], device="cuda")
+
+
+def test_fp16_on_the_cpu_is_refused(nets):
+    with pytest.raises(UsageError, match="fp16 needs a CUDA device"):
+        Refiner(base=nets["base"], refiner=nets["refiner"], device="cpu", precision="fp16")
+
+
+def test_bf16_autocast_runs_on_the_cpu(nets):
+    model = Refiner(base=nets["base"], refiner=nets["refiner"], device="cpu", precision="bf16")
+    assert model.refine(_image(32, 32)).labels.shape == (32, 32)
