@@ -1,0 +1,188 @@
+"""`refine-cli refine` / `segment` on temporary folders: good and bad files, output layout, palettes, resume after
+a kill, exit codes, coarse masks given as binary and multi-class PNGs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from refine_cli.cli import app
+from refine_cli.labels import voc_palette
+
+runner = CliRunner()
+
+
+def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _exif_rotated(path: Path) -> None:
+    """A 20x30 (w x h stored 30x20) JPEG whose EXIF says 'rotate 90 CW': viewers show it 20 wide, 30 high."""
+    img = Image.fromarray(_rgb(20, 30, 7))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.save(path, exif=exif)
+
+
+@pytest.fixture()
+def inputs(tmp_path: Path) -> Path:
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    Image.fromarray(_rgb(32, 40, 1)).save(root / "rgb.jpg")
+    Image.fromarray(_rgb(32, 40, 2)[:, :, 0], mode="L").save(root / "grey.png")
+    Image.fromarray(np.dstack([_rgb(24, 24, 3), np.full((24, 24), 128, np.uint8)]), mode="RGBA").save(
+        root / "sub" / "rgba.png")
+    Image.fromarray(_rgb(24, 32, 4)).convert("CMYK").save(root / "sub" / "cmyk.jpg")
+    Image.fromarray((np.random.default_rng(5).integers(0, 65535, (24, 24))).astype(np.uint16)).save(
+        root / "deep16.png")
+    _exif_rotated(root / "rotated.jpg")
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "notes.png").write_bytes(b"this is text, not a picture")
+    good = (root / "rgb.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    return root
+
+
+GOOD = {"rgb.jpg", "grey.png", "sub/rgba.png", "sub/cmyk.jpg", "deep16.png", "rotated.jpg"}
+BAD = {"empty.jpg", "notes.png", "truncated.jpg"}
+
+
+def refine(*args: str) -> tuple[int, dict]:
+    result = runner.invoke(app, ["refine", *args, "--json", "-"])
+    return result.exit_code, json.loads(result.stdout) if result.stdout.strip().startswith("{") else {}
+
+
+def test_good_files_refined_bad_ones_reported_exit_1(nets, inputs: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    code, summary = refine(str(inputs), "--out", str(out), "--base", str(nets["base"]), "--refiner",
+                           str(nets["refiner"]), "--device", "cpu")
+    assert code == 1
+    assert (summary["processed"], summary["skipped"], summary["failed"]) == (len(GOOD), 0, len(BAD))
+    failed = {Path(f["path"]).name: f["reason"] for f in summary["failures"]}
+    assert set(failed) == {Path(b).name for b in BAD}
+    for name, reason in failed.items():
+        assert name in reason and "\n" not in reason
+    # Layout: masks/<rel>.png and overlays/<rel>.jpg mirror the input tree; nothing else, no temp files.
+    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    stems = {g.rsplit(".", 1)[0] for g in GOOD}
+    assert written == {f"masks/{s}.png" for s in stems} | {f"overlays/{s}.jpg" for s in stems}
+
+
+def test_masks_are_palette_pngs_at_the_image_size(nets, inputs: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    refine(str(inputs), "--out", str(out), "--base", str(nets["base"]), "--refiner", str(nets["refiner"]))
+    for rel, size in {"rgb": (40, 32), "rotated": (20, 30), "sub/cmyk": (32, 24)}.items():
+        mask = Image.open(out / "masks" / f"{rel}.png")
+        assert mask.mode == "P" and mask.size == size
+        palette = np.array(mask.getpalette()[: 256 * 3]).reshape(256, 3)
+        np.testing.assert_array_equal(palette[:8], np.array(voc_palette(8)))  # the synthetic classes' colours
+        assert np.asarray(mask).max() < 8
+        assert Image.open(out / "overlays" / f"{rel}.jpg").size == size
+
+
+def test_existing_outputs_are_skipped_unless_overwrite(nets, inputs: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    args = [str(inputs / "rgb.jpg"), str(inputs / "grey.png"), "--out", str(out), "--base", str(nets["base"]),
+            "--refiner", str(nets["refiner"])]
+    assert refine(*args)[0] == 0
+    before = (out / "masks" / "rgb.png").stat().st_mtime_ns
+    code, summary = refine(*args)
+    assert code == 0 and (summary["processed"], summary["skipped"]) == (0, 2)
+    assert (out / "masks" / "rgb.png").stat().st_mtime_ns == before
+    code, summary = refine(*args, "--overwrite")
+    assert code == 0 and (summary["processed"], summary["skipped"]) == (2, 0)
+
+
+def test_coarse_masks_binary_and_multiclass(nets, tmp_path: Path):
+    images, masks = tmp_path / "img", tmp_path / "masks"
+    (images / "a").mkdir(parents=True)
+    (masks / "a").mkdir(parents=True)
+    Image.fromarray(_rgb(32, 32, 1)).save(images / "a" / "bin.jpg")
+    binary = np.zeros((32, 32), np.uint8)
+    binary[8:24, 8:20] = 255
+    Image.fromarray(binary, mode="L").save(masks / "a" / "bin.png")
+    Image.fromarray(_rgb(32, 32, 2)).save(images / "multi.jpg")
+    multi = np.zeros((32, 32), np.uint8)
+    multi[:, 16:] = 2
+    multi[4:12, 4:12] = 1
+    pm = Image.fromarray(multi, mode="P")
+    pm.putpalette([v for rgb in voc_palette() for v in rgb])
+    pm.save(masks / "multi.png")
+    Image.fromarray(_rgb(32, 32, 3)).save(images / "orphan.jpg")  # no mask for this one
+    out = tmp_path / "out"
+    code, summary = refine(str(images), "--masks", str(masks), "--out", str(out), "--refiner", str(nets["refiner"]),
+                           "--save-coarse")
+    assert code == 1 and summary["processed"] == 2 and summary["failed"] == 1
+    assert "no coarse mask" in summary["failures"][0]["reason"]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "coarse" / "a" / "bin.png")), binary // 255)
+    assert set(np.unique(np.asarray(Image.open(out / "masks" / "a" / "bin.png")))) <= {0, 1}
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "coarse" / "multi.png")), multi)
+    assert set(np.unique(np.asarray(Image.open(out / "masks" / "multi.png")))) <= {0, 1, 2}
+
+
+def test_usage_errors_exit_2(nets, tmp_path: Path):
+    missing = runner.invoke(app, ["refine", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    Image.fromarray(_rgb(16, 16)).save(tmp_path / "x.png")
+    bad_net = runner.invoke(app, ["refine", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--base",
+                                  "no_such_network"])
+    assert bad_net.exit_code == 2 and "no checkpoint called 'no_such_network'" in bad_net.output
+    bad_precision = runner.invoke(app, ["refine", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--base",
+                                        str(nets["base"]), "--refiner", str(nets["refiner"]), "--precision", "fp8"])
+    assert bad_precision.exit_code == 2 and "unknown precision" in bad_precision.output
+    for result in (missing, bad_net, bad_precision):
+        assert "Traceback" not in result.output
+
+
+def test_segment_writes_the_base_output(nets, inputs: Path, tmp_path: Path):
+    out = tmp_path / "seg"
+    result = runner.invoke(app, ["segment", str(inputs / "rgb.jpg"), "--out", str(out), "--base", str(nets["base"]),
+                                 "--save-probs", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    probs = np.load(out / "probs" / "rgb.npz")["probs"].astype(np.float32)
+    assert probs.shape == (8, 32, 40)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-2)
+    top2 = np.sort(probs, axis=0)[-2:]
+    clear = top2[1] - top2[0] > 1e-2  # away from near-ties that float16 storage may flip
+    mask = np.asarray(Image.open(out / "masks" / "rgb.png"))
+    np.testing.assert_array_equal(mask[clear], probs.argmax(0)[clear])
+
+
+def test_a_killed_run_resumes_without_corrupt_outputs(nets, tmp_path: Path):
+    images = tmp_path / "many"
+    images.mkdir()
+    for i in range(40):
+        Image.fromarray(_rgb(48, 48, i)).save(images / f"{i:02d}.jpg")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "refine_cli", "refine", str(images), "--out", str(out), "--base", str(nets["base"]),
+           "--refiner", str(nets["refiner"]), "--device", "cpu", "--batch-size", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((out / "masks").glob("*.png"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up
+    proc.wait()
+    done_before = {p.name for p in (out / "masks").glob("*.png")}
+    assert 3 <= len(done_before) < 40, "the run should have been killed part-way"
+    for p in (out / "masks").glob("*.png"):  # every file that exists under its final name is complete
+        Image.open(p).load()
+    result = subprocess.run(cmd + ["--json", "-"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["processed"] + summary["skipped"] == 40 and summary["failed"] == 0
+    assert summary["skipped"] >= len(done_before) - 1  # a mask written just before the kill may lack its overlay
+    finals = [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert len(finals) == 80  # 40 masks + 40 overlays
+    for p in finals:
+        Image.open(p).load()  # complete files only; a killed write can leave only a hidden .part temp file
