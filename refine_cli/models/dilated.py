@@ -296,6 +296,11 @@ class DilatedNet(VGG16Trunk):
         """The learned inflation factor f (None without `adaptive_rf`)."""
         return None if self.rf is None else self.rf.value
 
+    def training_scalars(self) -> dict[str, float]:
+        """What the training loop logs with each metrics line besides the loss: the learned factor f as
+        "rf_factor" with `adaptive_rf`, nothing without."""
+        return {} if self.rf is None else {"rf_factor": self.rf.value}
+
     def receptive_field(self, factor: float | None = None) -> float:
         """Nominal receptive field of an output score cell in input pixels (`adaptive_rf.fc_receptive_field`
         for the front end: 188 + 24 * 8 / f = 380 at f = 1; the context module adds 66 cells = 528 pixels).

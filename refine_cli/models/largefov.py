@@ -90,6 +90,11 @@ class DeepLabLargeFOV(VGG16Trunk):
         """The learned inflation factor f (None without `adaptive_rf`)."""
         return None if self.rf is None else self.rf.value
 
+    def training_scalars(self) -> dict[str, float]:
+        """What the training loop logs with each metrics line besides the loss: the learned factor f as
+        "rf_factor" with `adaptive_rf`, nothing without."""
+        return {} if self.rf is None else {"rf_factor": self.rf.value}
+
     def receptive_field(self, factor: float | None = None) -> float:
         """Nominal receptive field of a score cell in input pixels (see `adaptive_rf.fc_receptive_field`):
         435 at f = 1. factor defaults to the current f (1 without `adaptive_rf`)."""

@@ -125,8 +125,14 @@ def on_main(fn: Callable[[], T], info: DistInfo) -> T:
 
 def wrap(module: nn.Module, info: DistInfo) -> nn.Module:
     """DistributedDataParallel around `module` when there are several processes; the module itself otherwise.
-    Checkpoints always take the unwrapped network, never this wrapper."""
+    Checkpoints always take the unwrapped network, never this wrapper.
+
+    On GPUs every BatchNorm becomes a SyncBatchNorm first (in place: same parameters, same state-dict keys), so
+    N processes normalise over the global batch as one process would. PyTorch has no CPU SyncBatchNorm: under gloo
+    each process normalises over its own share, which makes BatchNorm nets differ slightly from a single run."""
     if not info.enabled:
         return module
+    if info.device.type == "cuda":
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     ids = [info.device.index] if info.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)

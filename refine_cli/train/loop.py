@@ -92,6 +92,11 @@ class TrainTask(ABC):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: one over `trainable_parameters()` unless a task splits them. A group
+        may set "lr_scale" (its learning rate is the scheduled one times this) and its own "weight_decay"."""
+        return [{"params": self.trainable_parameters()}]
+
     @abstractmethod
     def batches(self, *, start_step: int, total_steps: int) -> Iterable[Any]:
         """One batch per step from `start_step` on, in the deterministic order of `refine_cli.train.order`."""
@@ -123,9 +128,10 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
 
-def make_optimizer(params: list[nn.Parameter], *, name: str, lr: float, momentum: float,
+def make_optimizer(params: list[nn.Parameter] | list[dict[str, Any]], *, name: str, lr: float, momentum: float,
                    weight_decay: float) -> torch.optim.Optimizer:
-    if not params:
+    """`params`: parameters, or parameter groups (dicts with "params") whose own settings override these."""
+    if not params or all(isinstance(g, dict) and not g["params"] for g in params):
         raise UsageError("nothing to train: every parameter is frozen")
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -288,8 +294,9 @@ class _Run:
         self.loop, self.optim_cfg = config.loop, config.optim
         self.config_dict = asdict(config)
         self.amp = autocast_dtype(self.loop.amp, info.device)
-        self.params = task.trainable_parameters()
-        self.optimizer = make_optimizer(self.params, name=self.optim_cfg.optimizer, lr=self.optim_cfg.lr,
+        groups = task.param_groups()
+        self.params = [p for group in groups for p in group["params"]]
+        self.optimizer = make_optimizer(groups, name=self.optim_cfg.optimizer, lr=self.optim_cfg.lr,
                                         momentum=self.optim_cfg.momentum, weight_decay=self.optim_cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(info.device.type) if self.amp == torch.float16 else None
         self.last_path = run_dir / LAST
@@ -363,7 +370,7 @@ class _Run:
         info, optim_cfg = self.info, self.optim_cfg
         lr = poly_lr(step, base_lr=optim_cfg.lr, total_steps=self.loop.steps, power=optim_cfg.poly_power)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.lr = lr
         with self.autocast():
             terms = self.task.loss_terms(module, batch)
@@ -413,6 +420,10 @@ class _Run:
             "images_per_s": self.task.images_per_step / step_s if step_s > 0 else float("inf"),
             "step_s": step_s, "time": self.elapsed(),
         }
+        # Scalars the network reports about itself (e.g. an adaptive receptive field's learned factor).
+        scalars = getattr(self.task.model, "training_scalars", None)
+        if callable(scalars):
+            record.update({k: float(v) for k, v in scalars().items() if k not in record})
         self.metrics.append(record)
         self.emit(StepLogged(done, self.loop.steps, record["loss"], self.lr, record["images_per_s"], step_s,
                              (self.loop.steps - done) * step_s, record["time"]))

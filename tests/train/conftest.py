@@ -30,7 +30,8 @@ from refine_cli.train import TrainResult, train_base
 TINY_BASE_ARCH = "deeplab_largefov_vgg16_compact"
 TINY_BASE_ARGS = {"width": 0.125, "fc_channels": 32}
 TINY_REFINER_ARCH = "spn_universal_compact"
-TINY_REFINER_ARGS = {"guidance_width": 0.125, "hidden": 8, "mid_channels": 8}
+# Without BatchNorm: two gloo processes then train exactly as one (PyTorch has no CPU SyncBatchNorm).
+TINY_REFINER_ARGS = {"guidance_width": 0.125, "guidance_batch_norm": False, "hidden": 8, "mid_channels": 8}
 
 
 @pytest.fixture(scope="package", autouse=True)

@@ -4,6 +4,7 @@ the loss normalisation do not depend on how the batch is split)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def test_two_processes_match_one(world: Path, trained_base: TrainResult, tmp_pat
         "-m", "refine_cli", "train", "refiner",
         "--base", str(trained_base.model_path), "--data", str(world), "--val-split", "val",
         "--out", str(tmp_path / "ddp"), "--arch", TINY_REFINER_ARCH,
-        *[a for k, v in TINY_REFINER_ARGS.items() for a in ("--arch-arg", f"{k}={v}")],
+        *[a for k, v in TINY_REFINER_ARGS.items() for a in ("--arch-arg", f"{k}={json.dumps(v)}")],
         "--images-per-batch", "2", "--crops-per-image", "2", "--crop-size", "32", "--probs-dir", str(probs),
         "--optimizer", "sgd", "--lr", "0.01", "--weight-decay", "0", "--steps", str(steps), "--seed", "0",
         "--device", "cpu", "--workers", "0", "--log-every", "1", "--checkpoint-every", "3",

@@ -121,4 +121,5 @@ def test_bf16_autocast_trains(world: Path, trained_base: TrainResult, tmp_path: 
     result = train_refiner(replace(config, loop=replace(config.loop, steps=2, amp="bf16")), tmp_path / "run")
     assert result.final_loss is not None and 0 < result.final_loss < 10
     state = weights.load_checkpoint(result.model_path).state_dict
-    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in state.values())
+    floats = [t for t in state.values() if t.is_floating_point()]  # BatchNorm also keeps an integer step count
+    assert floats and all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in floats)
