@@ -77,13 +77,13 @@ def compare_refiner_crf(
     needs a base network predicting the synthetic world's classes and a refiner."""
     if model.base is None or model.refiner is None:
         raise UsageError("the comparison needs both a base network and a refiner")
-    if not crf_available():
-        raise UsageError('the dense CRF needs the optional package pydensecrf2: pip install "refine-cli[crf]"')
     if len(model.classes) != len(SYNTH_CLASSES):
         raise DataError(
             f"the base network {model.base.path.name} predicts {len(model.classes)} classes but the synthetic world "
             f"has {len(SYNTH_CLASSES)}; use a base network trained on it (e.g. the bundled default)"
         )
+    if not crf_available():
+        raise UsageError('the dense CRF needs the optional package pydensecrf2: pip install "refine-cli[crf]"')
     config = replace(crf or CRFConfig(), iterations=crf_iterations)
     dataset = SynthDataset(SynthConfig(n=n, seed=seed, height=size, width=size, val_fraction=0.0), split="all")
     _warm_up(model, dataset[0].image)
