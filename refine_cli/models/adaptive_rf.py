@@ -189,3 +189,20 @@ def vgg_trunk_field(
     if extra_pool:
         field += (extra_pool - 1) * jump
     return field, jump
+
+
+class AdaptiveRFMixin:
+    """For networks built with an optional `self.rf` (an AdaptiveReceptiveField, or None): the learned factor and
+    what the training loop logs of it."""
+
+    rf: AdaptiveReceptiveField | None
+
+    @property
+    def rf_factor(self) -> float | None:
+        """The learned inflation factor f (None without `adaptive_rf`)."""
+        return None if self.rf is None else self.rf.value
+
+    def training_scalars(self) -> dict[str, float]:
+        """What the training loop logs with each metrics line besides the loss: the learned factor f as
+        "rf_factor" with `adaptive_rf`, nothing without."""
+        return {} if self.rf is None else {"rf_factor": self.rf.value}

@@ -12,7 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from refine_cli.errors import WeightsError
-from refine_cli.models.adaptive_rf import AdaptiveReceptiveField, fc_receptive_field, vgg_trunk_field
+from refine_cli.models.adaptive_rf import (
+    AdaptiveReceptiveField,
+    AdaptiveRFMixin,
+    fc_receptive_field,
+    vgg_trunk_field,
+)
 from refine_cli.models.common import SegOutput
 from refine_cli.models.vgg import CONV_NAMES, VGG16Trunk, convolutionalised_fc
 from refine_cli.transforms import IMAGENET, Preprocess
@@ -160,7 +165,7 @@ def _reflect_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) 
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
-class DilatedNet(VGG16Trunk):
+class DilatedNet(AdaptiveRFMixin, VGG16Trunk):
     """The dilated VGG-16 front end, optionally followed by the context module.
 
     Front end (the paper's front-end section; fyu/dilation network.py `build_frontend_vgg`):
@@ -290,16 +295,6 @@ class DilatedNet(VGG16Trunk):
         return SegOutput(self(x))
 
     # receptive field ---------------------------------------------------------------------------------
-
-    @property
-    def rf_factor(self) -> float | None:
-        """The learned inflation factor f (None without `adaptive_rf`)."""
-        return None if self.rf is None else self.rf.value
-
-    def training_scalars(self) -> dict[str, float]:
-        """What the training loop logs with each metrics line besides the loss: the learned factor f as
-        "rf_factor" with `adaptive_rf`, nothing without."""
-        return {} if self.rf is None else {"rf_factor": self.rf.value}
 
     def receptive_field(self, factor: float | None = None) -> float:
         """Nominal receptive field of an output score cell in input pixels (`adaptive_rf.fc_receptive_field`

@@ -11,7 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refine_cli.models.adaptive_rf import AdaptiveReceptiveField, fc_receptive_field, vgg_trunk_field
+from refine_cli.models.adaptive_rf import (
+    AdaptiveReceptiveField,
+    AdaptiveRFMixin,
+    fc_receptive_field,
+    vgg_trunk_field,
+)
 from refine_cli.models.common import SegOutput, bilinear_kernel
 from refine_cli.models.vgg import VGG16Trunk, convolutionalised_fc
 from refine_cli.transforms import CAFFE_FCN, Preprocess
@@ -48,7 +53,7 @@ def _crop(t: torch.Tensor, offset: int, height: int, width: int) -> torch.Tensor
     return t[:, :, offset : offset + height, offset : offset + width]
 
 
-class FCN(VGG16Trunk):
+class FCN(AdaptiveRFMixin, VGG16Trunk):
     """FCN on VGG-16; `stride` 32, 16 or 8 picks FCN-32s, -16s or -8s.
 
     Layout (the port's, so the key set is its key set): conv1_1..conv5_3 (conv1_1 padded by 100, ceil-mode
@@ -128,16 +133,6 @@ class FCN(VGG16Trunk):
         if adaptive_rf:
             half = (FC6_KERNEL - 1) // 2
             self.rf = AdaptiveReceptiveField(rf_init, min_size=FC6_KERNEL, offset=half)
-
-    @property
-    def rf_factor(self) -> float | None:
-        """The learned inflation factor f (None without `adaptive_rf`)."""
-        return None if self.rf is None else self.rf.value
-
-    def training_scalars(self) -> dict[str, float]:
-        """What the training loop logs with each metrics line besides the loss: the learned factor f as
-        "rf_factor" with `adaptive_rf`, nothing without."""
-        return {} if self.rf is None else {"rf_factor": self.rf.value}
 
     def receptive_field(self, factor: float | None = None) -> float:
         """Nominal receptive field of a score_fr cell in input pixels (see

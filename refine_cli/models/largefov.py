@@ -10,7 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refine_cli.models.adaptive_rf import AdaptiveReceptiveField, fc_receptive_field, vgg_trunk_field
+from refine_cli.models.adaptive_rf import (
+    AdaptiveReceptiveField,
+    AdaptiveRFMixin,
+    fc_receptive_field,
+    vgg_trunk_field,
+)
 from refine_cli.models.common import SegOutput
 from refine_cli.models.vgg import VGG16Trunk
 from refine_cli.transforms import IMAGENET, Preprocess
@@ -22,7 +27,7 @@ POOL_STRIDES = (2, 2, 2, 1, 1)
 CONV5_DILATION = 2
 
 
-class DeepLabLargeFOV(VGG16Trunk):
+class DeepLabLargeFOV(AdaptiveRFMixin, VGG16Trunk):
     """DeepLab-LargeFOV, the layout of the authors' Caffe prototxt:
 
     - conv1_1..conv5_3 with the VGG names (so the same trunk import serves FCN and this net); pools are
@@ -84,16 +89,6 @@ class DeepLabLargeFOV(VGG16Trunk):
         self.rf: AdaptiveReceptiveField | None = None
         if adaptive_rf:
             self.rf = AdaptiveReceptiveField(rf_init)
-
-    @property
-    def rf_factor(self) -> float | None:
-        """The learned inflation factor f (None without `adaptive_rf`)."""
-        return None if self.rf is None else self.rf.value
-
-    def training_scalars(self) -> dict[str, float]:
-        """What the training loop logs with each metrics line besides the loss: the learned factor f as
-        "rf_factor" with `adaptive_rf`, nothing without."""
-        return {} if self.rf is None else {"rf_factor": self.rf.value}
 
     def receptive_field(self, factor: float | None = None) -> float:
         """Nominal receptive field of a score cell in input pixels (see `adaptive_rf.fc_receptive_field`):
