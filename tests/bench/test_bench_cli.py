@@ -5,6 +5,7 @@ numbers hang together (shares sum to one, ratios are the quotients of the times 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,3 +182,19 @@ def test_ops():
 def test_usage_errors(args: list[str], message: str):
     result = runner.invoke(app, ["bench", *args])
     assert result.exit_code == 2 and message in result.output
+
+
+def test_profile_refiner_script_times_every_stage(nets: dict[str, str]):
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "profile_refiner.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--refiner", nets["refiner"], "--size", "32", "--classes", "3",
+         "--repeats", "1", "--threads", "1"],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "32x32, 3 class maps" in lines[0]
+    stages = [line.split()[0] for line in lines[1:]]
+    assert stages == ["guidance", "encoder", "propagation", "upsampling", "decoder", "sum", "whole"]
+    percents = [float(line.split()[-2]) for line in lines[1:6]]
+    assert sum(percents) == pytest.approx(100, abs=0.5)
