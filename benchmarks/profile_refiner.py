@@ -2,8 +2,9 @@
 
     python benchmarks/profile_refiner.py [--refiner synth_spn_universal_compact] [--size 512] [--classes 8]
 
-Stages: the guidance network, the stride-2 encoder, the propagation (4 directions x passes), the bilinear
-upsampling of the hidden maps and the decoder, on one random image and `--classes` random class maps (every class
+Stages: the guidance network, the stride-2 encoder, the propagation (4 directions x passes), then the bilinear
+upsampling of the hidden maps and the full-resolution decoder, or the half-resolution decoder and the upsampling of
+the logits (the refiner's `decode_at`), on one random image and `--classes` random class maps (every class
 propagated: the worst case of the universal form), inference mode, float32. Medians of `--repeats` calls after one
 warm-up call. Prints milliseconds per stage and their sum next to the whole forward.
 """
@@ -54,6 +55,9 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     generator = torch.Generator().manual_seed(0)
     s, k = args.size, args.classes
+
+    def resize(x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
     image = torch.randn(1, 3, s, s, generator=generator).to(device)
     coarse = torch.softmax(torch.randn(1, k, s, s, generator=generator), 1).to(device)
 
@@ -63,15 +67,19 @@ def main() -> None:
         hidden = model.encode(maps)
         grouped = hidden.view(1, k, *hidden.shape[1:])
         propagated = model.propagation(grouped, gates).flatten(0, 1)
-        up = F.interpolate(propagated, size=(s, s), mode="bilinear", align_corners=False)
         stages = {
             "guidance network": lambda: model.guidance(image),
             "encoder": lambda: model.encode(maps),
             f"propagation ({model.propagation.passes} passes x 4 directions)": lambda: model.propagation(grouped, gates),
-            "upsampling of the hidden maps": lambda: F.interpolate(propagated, size=(s, s), mode="bilinear",
-                                                                   align_corners=False),
-            "decoder": lambda: model.decode_out(F.relu(model.decode_mid(up))),
         }
+        if model.decode_at == "full":
+            up = resize(propagated)
+            stages["upsampling of the hidden maps"] = lambda: resize(propagated)
+            stages["decoder (full resolution)"] = lambda: model.decode_out(F.relu(model.decode_mid(up)))
+        else:
+            logits = model.decode_out(F.relu(model.decode_mid(propagated)))
+            stages["decoder (half resolution)"] = lambda: model.decode_out(F.relu(model.decode_mid(propagated)))
+            stages["upsampling of the logits"] = lambda: resize(logits)
         times = {name: median_ms(fn, args.repeats, sync) for name, fn in stages.items()}
         whole = median_ms(lambda: model(image, coarse), args.repeats, sync)
 

@@ -32,20 +32,40 @@ class GuidanceNet(VGG16Trunk):
     batch_norm: BatchNorm after every encoder conv (see `VGG16Trunk`; the compact refiner trains from scratch).
     last_channels: width of the last decoder conv (before width scaling). The first three decoder convs have
         the widths of conv5_3, conv4_3 and conv3_3, the skips their outputs are summed with.
+    half_skip: sum the conv2_2 features (half resolution) into the last decoder conv's output, as the other
+        decoder stages sum theirs (not in the release, whose gates see nothing finer than conv3_3 at 1/4: at the
+        compact widths the two have the same channel count, and edges are then placed at 1/2 resolution).
+    gate_kernel: kernel side of the linear conv that outputs the gates (3 as released; 1 makes the widest layer of
+        the compact net 9x cheaper).
     """
 
     def __init__(
-        self, *, channels: int, width: float = 1.0, last_channels: int = 128, batch_norm: bool = False
+        self,
+        *,
+        channels: int,
+        width: float = 1.0,
+        last_channels: int = 128,
+        batch_norm: bool = False,
+        half_skip: bool = False,
+        gate_kernel: int = 3,
     ) -> None:
         super().__init__(width=width, batch_norm=batch_norm)
         c3, c4, c5 = self.block_channels[2], self.block_channels[3], self.block_channels[4]
         last = scaled(last_channels, width)
         self.channels = channels
+        self.half_skip = half_skip
+        if half_skip and last != self.block_channels[1]:
+            raise ValueError(
+                f"half_skip needs last_channels to match conv2_2's {self.block_channels[1]} channels, got {last}"
+            )
         self.up5 = nn.Conv2d(c5, c5, 3, padding=1)  # 1/32 -> 1/16, + conv5_3
         self.up4 = nn.Conv2d(c5, c4, 3, padding=1)  # 1/16 -> 1/8, + conv4_3
         self.up3 = nn.Conv2d(c4, c3, 3, padding=1)  # 1/8 -> 1/4, + conv3_3
         self.up2 = nn.Conv2d(c3, last, 3, padding=1)  # 1/4 -> 1/2, ELU
-        self.gates = nn.Conv2d(last, NUM_DIRECTIONS * GATES_PER_DIRECTION * channels, 3, padding=1)
+        if gate_kernel not in (1, 3):
+            raise ValueError(f"gate_kernel must be 1 or 3, got {gate_kernel}")
+        gates = NUM_DIRECTIONS * GATES_PER_DIRECTION * channels
+        self.gates = nn.Conv2d(last, gates, gate_kernel, padding=gate_kernel // 2)
         for conv in (self.up5, self.up4, self.up3, self.up2):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
@@ -66,6 +86,8 @@ class GuidanceNet(VGG16Trunk):
         h = F.relu(self.up3(_up(h, f.conv3_3)), inplace=True) + f.conv3_3
         size = half_size(image.shape[-2], image.shape[-1])
         h = F.elu(self.up2(F.interpolate(h, size=size, mode="bilinear", align_corners=False)))
+        if self.half_skip:
+            h = h + _up(f.conv2_2, h)
         g = self.gates(h)
         n = g.shape[0]
         return g.view(n, NUM_DIRECTIONS, GATES_PER_DIRECTION, self.channels, *size)

@@ -117,8 +117,12 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
         "Universal SPN refiner: VGG-16 guidance, any number of classes", trunk="vgg16",
     ),
     "spn_universal_compact": ModelSpec(
-        spn.spn_universal, "refiner", IMAGENET, "Universal SPN refiner with the compact guidance net",
-        defaults=_fixed(guidance_width=0.125, guidance_batch_norm=True, hidden=16, mid_channels=16),
+        spn.spn_universal, "refiner", IMAGENET,
+        "Universal SPN refiner for CPUs: eighth-width guidance net, 8 hidden maps decoded at half resolution",
+        defaults=_fixed(
+            guidance_width=0.125, guidance_batch_norm=True, hidden=8, mid_channels=8, half_skip=True, gate_kernel=1,
+            decode_at="half",
+        ),
     ),
     "spn_voc21": ModelSpec(
         spn.spn_voc21, "refiner", IMAGENET, "SPN as released for VOC: 21 classes in, 32 hidden channels",

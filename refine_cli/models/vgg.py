@@ -26,7 +26,8 @@ TORCHVISION_FEATURE_INDEX: tuple[int, ...] = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21
 
 
 class VGGFeatures(NamedTuple):
-    """What the trunk hands to a head: the last (ReLU'd) conv of blocks 3-5 and the pooled outputs."""
+    """What the trunk hands to a head: the last (ReLU'd) conv of blocks 3-5 and the pooled outputs, and of block 2
+    (half resolution, for heads that want finer detail)."""
 
     conv3_3: torch.Tensor
     pool3: torch.Tensor
@@ -34,6 +35,7 @@ class VGGFeatures(NamedTuple):
     pool4: torch.Tensor
     conv5_3: torch.Tensor
     pool5: torch.Tensor
+    conv2_2: torch.Tensor | None = None
 
 
 class VGG16Trunk(nn.Module):
@@ -107,18 +109,21 @@ class VGG16Trunk(nn.Module):
         sizes follow from the geometry given to the constructor."""
         h = x
         kept: list[torch.Tensor] = []
+        conv2_2 = None
         for b, (_, n) in enumerate(VGG16_BLOCKS):
             for i in range(n):
                 h = getattr(self, f"conv{b + 1}_{i + 1}")(h)
                 if self.batch_norm:
                     h = getattr(self, f"bn{b + 1}_{i + 1}")(h)
                 h = F.relu(h, inplace=True)
+            if b == 1:
+                conv2_2 = h
             if b >= 2:
                 kept.append(h)
             h = getattr(self, f"pool{b + 1}")(h)
             if b >= 2:
                 kept.append(h)
-        return VGGFeatures(*kept)
+        return VGGFeatures(*kept, conv2_2=conv2_2)
 
     # ImageNet initialisation --------------------------------------------------------------------------
 

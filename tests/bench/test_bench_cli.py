@@ -184,10 +184,15 @@ def test_usage_errors(args: list[str], message: str):
     assert result.exit_code == 2 and message in result.output
 
 
-def test_profile_refiner_script_times_every_stage(nets: dict[str, str]):
+@pytest.mark.parametrize(
+    ("decode_at", "order"),
+    [("half", ["decoder", "upsampling"]), ("full", ["upsampling", "decoder"])],
+)
+def test_profile_refiner_script_times_every_stage(decode_at: str, order: list[str], tmp_path: Path):
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "profile_refiner.py"
+    refiner = random_checkpoint("spn_universal_compact", tmp_path, hidden=4, mid_channels=4, decode_at=decode_at)
     result = subprocess.run(
-        [sys.executable, str(script), "--refiner", nets["refiner"], "--size", "32", "--classes", "3",
+        [sys.executable, str(script), "--refiner", str(refiner), "--size", "32", "--classes", "3",
          "--repeats", "1", "--threads", "1"],
         capture_output=True, text=True, check=False,
     )
@@ -195,6 +200,6 @@ def test_profile_refiner_script_times_every_stage(nets: dict[str, str]):
     lines = result.stdout.splitlines()
     assert "32x32, 3 class maps" in lines[0]
     stages = [line.split()[0] for line in lines[1:]]
-    assert stages == ["guidance", "encoder", "propagation", "upsampling", "decoder", "sum", "whole"]
+    assert stages == ["guidance", "encoder", "propagation", *order, "sum", "whole"]
     percents = [float(line.split()[-2]) for line in lines[1:6]]
     assert sum(percents) == pytest.approx(100, abs=0.5)

@@ -98,3 +98,47 @@ def test_registry_builds_refiners(name):
     refiner = models.build(name)
     assert isinstance(refiner, torch.nn.Module)
     assert models.spec(name).kind == "refiner"
+
+
+@pytest.mark.parametrize("size", [(32, 32), (37, 53)])
+def test_guidance_half_skip_and_pointwise_gates_keep_the_gate_shape(size):
+    net = GuidanceNet(channels=4, width=0.125, batch_norm=True, half_skip=True, gate_kernel=1).eval()
+    assert net.gates.kernel_size == (1, 1)
+    assert net(torch.randn(2, 3, *size)).shape == (2, 4, 3, 4, size[0] // 2, size[1] // 2)
+
+
+def test_guidance_half_skip_puts_conv2_2_into_the_gates():
+    # With the skip, the gates see conv2_2: a change confined to conv2_2's output changes them. Without it,
+    # conv2_2 reaches the gates only through the deeper blocks, which a zeroed conv3_1 cuts off.
+    torch.manual_seed(0)
+    image = torch.randn(1, 3, 32, 32)
+    for skip in (True, False):
+        net = GuidanceNet(channels=2, width=0.125, half_skip=skip, gate_kernel=1).eval()
+        torch.nn.init.normal_(net.gates.weight, std=0.1)
+        torch.nn.init.zeros_(net.conv3_1.weight)
+        before = net(image)
+        torch.nn.init.normal_(net.conv2_2.bias, std=1.0)
+        assert torch.allclose(before, net(image)) != skip
+
+
+def test_guidance_rejects_mismatched_half_skip_and_gate_kernel():
+    with pytest.raises(ValueError, match="half_skip"):
+        GuidanceNet(channels=2, width=0.125, last_channels=64, half_skip=True)
+    with pytest.raises(ValueError, match="gate_kernel"):
+        GuidanceNet(channels=2, width=0.125, gate_kernel=5)
+
+
+def test_half_resolution_decoding_upsamples_only_the_logits():
+    refiner = spn_universal(guidance_width=0.125, hidden=4, mid_channels=4, decode_at="half").eval()
+    image, coarse = torch.randn(1, 3, 30, 42), _probs(1, 3, 30, 42)
+    out = refiner(image, coarse)
+    assert out.shape == (1, 3, 30, 42)
+    # Same as decoding the propagated half-resolution maps by hand and resizing the logits.
+    gates = refiner.guidance(image)
+    hidden = refiner.encode(coarse.reshape(3, 1, 30, 42)).view(1, 3, 4, 15, 21)
+    hidden = refiner.propagation(hidden, gates).flatten(0, 1)
+    logits = refiner.decode_out(torch.relu(refiner.decode_mid(hidden)))
+    expected = torch.nn.functional.interpolate(logits, size=(30, 42), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, expected.view(1, 3, 30, 42))
+    with pytest.raises(ValueError, match="decode_at"):
+        spn_universal(guidance_width=0.125, hidden=4, mid_channels=4, decode_at="quarter")
