@@ -14,14 +14,14 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import refine_cli
-from refine_cli import weights
+from refine_cli import models, weights
 from refine_cli.config import BaseAugmentConfig, BaseTrainConfig, DataConfig, LoopConfig, OptimConfig
 from refine_cli.data import open_dataset
 from refine_cli.device import cpu_name
@@ -132,6 +132,21 @@ def base_config(recipe: Recipe, data: Path, arch: str, arch_args: Mapping[str, A
                         workers=recipe.workers, log_every=recipe.log_every,
                         checkpoint_every=min(recipe.checkpoint_every, steps or recipe.steps), val_every=0),
     )
+
+
+def transplant(donor: str, arch: str, arch_args: Mapping[str, Any], dest: Path) -> tuple[Path, list[str]]:
+    """Write to `dest` the trained checkpoint `donor` (a name or path) less every tensor that has no place of the
+    same shape in `arch` built with `arch_args` and the donor's classes (its classifier, typically), so that
+    `init_from` starts `arch` from the donor's trunk. Returns the path and the dropped keys."""
+    source = weights.load_checkpoint(weights.resolve(donor, download=False))
+    own = models.build(arch, num_classes=len(source.meta.classes), **arch_args).state_dict()
+    kept = {k: v for k, v in source.state_dict.items() if k in own and own[k].shape == v.shape}
+    dropped = sorted(set(source.state_dict) - set(kept))
+    if not kept:
+        raise UsageError(f"--init-from {donor}: none of its tensors fits '{arch}'")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    weights.save_checkpoint(dest, replace(source, state_dict=kept))
+    return dest, dropped
 
 
 # ------------------------------------------------------------------------------------------------ runs

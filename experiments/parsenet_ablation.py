@@ -3,7 +3,11 @@ and seed: as the paper builds it (global context, L2-normalised fusion), without
 with the context but without the L2 normalisation. Reports val mIoU, the training loss curves (a run whose loss
 stops being finite is recorded as diverged at that step) and a plot of the three curves (matplotlib).
 
-    python -m experiments.parsenet_ablation --data DIR [--steps 800] [--fusion early]
+    python -m experiments.parsenet_ablation --data DIR [--steps 800] [--fusion early] [--init-from CKPT]
+
+With `--init-from` every variant starts from a trained network's trunk and fc6/fc7 (e.g. the bundled compact
+DeepLab-LargeFOV, the net ParseNet adds its context to), its classifier dropped: the paper's setting, where the
+context branch is added to a trained net rather than learned together with it from scratch.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     common.add_recipe_options(parser, steps=800, name=NAME)
     parser.add_argument("--fusion", choices=("early", "late"), default="early",
                         help="how the global feature joins the local one (the paper's two options)")
+    parser.add_argument("--init-from", default=None,
+                        help="start every variant from this trained checkpoint's trunk and fc6/fc7 (its classifier "
+                             "dropped), e.g. weights/synth_deeplab_largefov_compact.pt")
     return parser.parse_args(argv)
 
 
@@ -42,13 +49,21 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict[str
     common.set_threads(args.threads)
     recipe = common.recipe_from_args(args)
     outcomes: dict[str, common.RunOutcome] = {}
+    init: dict[str, Any] | None = None
     for key, (switches, _) in VARIANTS.items():
-        config = common.base_config(recipe, args.data, ARCH, {**switches, "fusion": args.fusion})
+        arch_args = {**switches, "fusion": args.fusion}
+        init_path = None
+        if args.init_from:
+            init_path, dropped = common.transplant(args.init_from, ARCH, arch_args,
+                                                   args.runs / args.name / f"init_{key}.pt")
+            init = {"from": args.init_from, "dropped": dropped}
+        config = common.base_config(recipe, args.data, ARCH, arch_args,
+                                    init_from=None if init_path is None else str(init_path))
         outcomes[key] = common.train_run(key, config, args.runs / args.name / key,
                                          on_event=common.Progress(f"{args.name}/{key}", quiet=args.quiet))
 
     report: dict[str, Any] = common.header(MODULE, argv, args, recipe)
-    report["settings"] = {"arch": ARCH, "fusion": args.fusion}
+    report["settings"] = {"arch": ARCH, "fusion": args.fusion, "init": init}
     report["variants"] = {}
     for key, r in outcomes.items():
         losses = r.train_series("loss")

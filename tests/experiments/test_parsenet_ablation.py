@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from experiments import parsenet_ablation
 from refine_cli import weights
+from refine_cli.bench.workload import random_checkpoint
 from tests.experiments.conftest import tiny
 
 
@@ -44,3 +46,14 @@ def test_divergence_is_recorded_and_not_repeated(world: Path, tmp_path: Path):
     again = parsenet_ablation.main(argv)
     assert {k: v["diverged_at"] for k, v in again["variants"].items()} == steps
     assert all(v["run"]["reused"] for v in again["variants"].values())
+
+
+def test_init_from_a_trained_net_keeps_its_trunk_and_drops_its_classifier(world: Path, tmp_path: Path):
+    donor = random_checkpoint("deeplab_largefov_vgg16_compact", tmp_path / "donor", seed=3)
+    donor_state = weights.load_checkpoint(donor).state_dict
+    report = parsenet_ablation.main([*tiny(world, tmp_path, steps=1), "--init-from", str(donor), "--lr", "1e-6"])
+    assert report["settings"]["init"] == {"from": str(donor), "dropped": ["fc8.bias", "fc8.weight"]}
+    for v in report["variants"].values():
+        state = weights.load_checkpoint(Path(v["run"]["model"])).state_dict
+        for key in ("conv1_1.weight", "conv5_3.weight", "fc6.weight", "fc7.weight"):
+            torch.testing.assert_close(state[key], donor_state[key], atol=1e-4, rtol=0)
