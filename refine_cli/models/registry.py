@@ -121,7 +121,7 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
         "Universal SPN refiner for CPUs: eighth-width guidance net, 8 hidden maps decoded at half resolution",
         defaults=_fixed(
             guidance_width=0.125, guidance_batch_norm=True, hidden=8, mid_channels=8, half_skip=True, gate_kernel=1,
-            decode_at="half",
+            decode_at="half", residual=True,
         ),
     ),
     "spn_voc21": ModelSpec(

@@ -21,6 +21,9 @@ from refine_cli.ops import propagate_directions
 from refine_cli.ops.propagate import Backend, GateNorm
 
 
+RESIDUAL_EPS = 1e-3  # floor of the coarse probabilities whose log a residual refiner adds to its logits
+
+
 class SpatialPropagation(nn.Module):
     """Four directional scans merged by element-wise max, `passes` times with the same gates. No parameters.
 
@@ -54,6 +57,10 @@ class SPNRefiner(nn.Module):
     decode_at: "full" as released (hidden maps upsampled x2, then the two decoder convs at full resolution), or
         "half" (the decoder convs on the propagated maps at half resolution, then only the logits upsampled x2:
         4x fewer decoder operations and no full-size hidden maps, the compact refiner's choice for CPU speed).
+    residual: add log(coarse) (clamped at `RESIDUAL_EPS`) to the decoded logits, the last conv starting at zero, so
+        the untrained refiner returns the coarse prediction unchanged and training learns only corrections. Not in
+        the release, which decodes the logits from the propagated maps alone and must first learn to reproduce the
+        coarse map: at CPU budgets the released form ended worse than its input, on training images too.
     """
 
     def __init__(
@@ -66,6 +73,7 @@ class SPNRefiner(nn.Module):
         passes: int = 2,
         gate_norm: GateNorm = "bounded",
         decode_at: Literal["full", "half"] = "full",
+        residual: bool = False,
     ) -> None:
         super().__init__()
         if decode_at not in ("full", "half"):
@@ -79,6 +87,10 @@ class SPNRefiner(nn.Module):
         self.propagation = SpatialPropagation(passes=passes, gate_norm=gate_norm)
         self.decode_mid = nn.Conv2d(hidden, mid_channels, 3, padding=1)
         self.decode_out = nn.Conv2d(mid_channels, maps, 3, padding=1)
+        self.residual = residual
+        if residual:
+            nn.init.zeros_(self.decode_out.weight)
+            nn.init.zeros_(self.decode_out.bias)
 
     def forward(self, image: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         """image: (N, 3, H, W) float, normalised for the guidance network (ImageNet mean/std, RGB), H, W >= 2.
@@ -103,7 +115,10 @@ class SPNRefiner(nn.Module):
         logits = self.decode_out(F.relu(self.decode_mid(hidden), inplace=True))
         if self.decode_at == "half":
             logits = _resize(logits, height, width)
-        return logits.view(n, k, height, width)
+        logits = logits.view(n, k, height, width)
+        if self.residual:
+            logits = logits + coarse.clamp_min(RESIDUAL_EPS).log()
+        return logits
 
 
 def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -129,6 +144,7 @@ def spn_universal(
     half_skip: bool = False,
     gate_kernel: int = 3,
     decode_at: Literal["full", "half"] = "full",
+    residual: bool = False,
 ) -> SPNRefiner:
     """The universal refiner: each class map propagated alone with shared weights (1 in, `hidden` channels at half
     resolution, 1 out), the class-agnostic form of the SPN slides. Gates normalised where their magnitudes exceed 1
@@ -148,6 +164,7 @@ def spn_universal(
         passes=passes,
         gate_norm=gate_norm,
         decode_at=decode_at,
+        residual=residual,
     )
 
 

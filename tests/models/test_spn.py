@@ -142,3 +142,28 @@ def test_half_resolution_decoding_upsamples_only_the_logits():
     torch.testing.assert_close(out, expected.view(1, 3, 30, 42))
     with pytest.raises(ValueError, match="decode_at"):
         spn_universal(guidance_width=0.125, hidden=4, mid_channels=4, decode_at="quarter")
+
+
+def test_untrained_residual_refiner_returns_the_coarse_prediction():
+    refiner = spn_universal(guidance_width=0.125, hidden=4, mid_channels=4, decode_at="half", residual=True).eval()
+    torch.nn.init.normal_(refiner.guidance.gates.weight, std=0.1)  # propagation far from the identity
+    coarse = _probs(2, 3, 30, 42)
+    out = refiner(torch.randn(2, 3, 30, 42), coarse)
+    torch.testing.assert_close(out, coarse.clamp_min(1e-3).log())
+    # A residual refiner learns corrections: after one step on the labels the output moves toward them.
+    labels = coarse.argmin(1)
+    opt = torch.optim.SGD(refiner.parameters(), lr=1.0)
+    image = torch.randn(2, 3, 30, 42)
+    before = torch.nn.functional.cross_entropy(refiner(image, coarse), labels)
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(refiner(image, coarse), labels).backward()
+        opt.step()
+    assert torch.nn.functional.cross_entropy(refiner(image, coarse), labels) < before
+
+
+def test_released_forms_decode_from_the_propagated_maps_alone():
+    assert not spn_voc21(classes=4, guidance_width=0.125, hidden=4, mid_channels=8).residual
+    assert not spn_universal(guidance_width=0.125, hidden=4, mid_channels=4).residual
+    compact = models.build("spn_universal_compact")
+    assert compact.residual and compact.decode_at == "half" and compact.guidance.half_skip
