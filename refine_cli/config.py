@@ -56,6 +56,9 @@ class AugmentConfig:
     # Share of crops whose coarse probabilities become the one-hot of their argmax, the way masks made elsewhere
     # arrive (`refine --masks`). Not in the released recipe (0); the bundled universal refiner uses it.
     hard_probs_p: float = 0.0
+    # Each crop's coarse probabilities re-tempered, softmax(log p / t) with t log-uniform in [1/T, T] (1: off), so a
+    # universal refiner does not learn the calibration of the one base network it trains on. Not in the release.
+    probs_temperature: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -366,6 +366,11 @@ def refiner(
     hard_probs: Annotated[float, typer.Option("--hard-probs", min=0.0, max=1.0, help="Share of crops whose coarse "
                                               "probabilities become one-hot, as masks made elsewhere arrive.",
                                               rich_help_panel=AUG)] = AugmentConfig().hard_probs_p,
+    probs_temperature: Annotated[float, typer.Option("--probs-temperature", min=1.0, help="Re-temper each crop's "
+                                                     "coarse probabilities, softmax(log p / t), t log-uniform in "
+                                                     "[1/T, T], so the refiner does not learn one base network's "
+                                                     "calibration (1: off).", rich_help_panel=AUG)
+                         ] = AugmentConfig().probs_temperature,
     optimizer: OptimizerOpt = Optimizer(REFINER.optim.optimizer),
     lr: Lr = REFINER.optim.lr,
     momentum: Momentum = REFINER.optim.momentum,
@@ -397,7 +402,7 @@ def refiner(
             crop=CropConfig(size=crop_size, crops_per_image=crops_per_image, min_labels=min_labels,
                             max_tries=max_tries),
             augment=AugmentConfig(rotation_deg=rotation, scale=scale_jitter, shift_fraction=shift,
-                                  hard_probs_p=hard_probs) if augment else None,
+                                  hard_probs_p=hard_probs, probs_temperature=probs_temperature) if augment else None,
             probs=probs.value, probs_dir=None if probs_dir is None else str(probs_dir),
             suppress_absent=suppress_absent, init=init.value,
             optim=_optim(optimizer, lr, momentum, weight_decay, poly_power, grad_clip),

@@ -199,6 +199,9 @@ def random_crop_with_labels(
     )
 
 
+PROBS_FLOOR = 1e-6  # probabilities below this are taken as this before re-tempering (log of zero)
+
+
 def refiner_crops(
     image: torch.Tensor,
     label: torch.Tensor,
@@ -210,7 +213,9 @@ def refiner_crops(
 ) -> CropBatch:
     """One image's share of a training batch as released: one joint affine (skipped when `augment` is
     None), then `crop.crops_per_image` crops (4 images x 10 crops made the batch of 40); with
-    `augment.hard_probs_p`, that share of the crops gets one-hot coarse probabilities (the argmax)."""
+    `augment.hard_probs_p`, that share of the crops gets one-hot coarse probabilities (the argmax); with
+    `augment.probs_temperature` T > 1, every other crop's probabilities become softmax(log p / t), t log-uniform in
+    [1/T, T] (sharper or flatter, same argmax)."""
     if augment is not None:
         image, label, probs, _ = joint_affine(
             image, label, probs, rng=rng, rotation_deg=augment.rotation_deg, scale=augment.scale,
@@ -224,6 +229,12 @@ def refiner_crops(
         for _ in range(crop.crops_per_image)
     ]
     crop_probs = None if probs is None else torch.stack([c.probs for c in crops])
+    temperature = augment.probs_temperature if augment is not None else 1.0
+    if crop_probs is not None and temperature > 1:
+        spread = math.log(temperature)
+        t = torch.exp((2 * torch.rand(len(crops), generator=rng) - 1) * spread)[:, None, None, None]
+        logp = crop_probs.float().clamp_min(PROBS_FLOOR).log()
+        crop_probs = torch.softmax(logp / t, dim=1).to(crop_probs.dtype)
     hard_p = augment.hard_probs_p if augment is not None else 0.0
     if crop_probs is not None and hard_p > 0:
         hard = torch.rand(len(crops), generator=rng) < hard_p

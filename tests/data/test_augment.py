@@ -164,3 +164,28 @@ def test_hard_probs_turn_that_share_of_crops_one_hot():
     assert is_onehot(hard.probs).all()
     torch.testing.assert_close(hard.probs.argmax(1), soft.probs.argmax(1))  # the argmax is kept
     assert 5 < int(is_onehot(half.probs).sum()) < 35
+
+
+def test_probs_temperature_retempers_each_crop_and_keeps_its_argmax():
+    from refine_cli.config import AugmentConfig
+
+    gen = torch.Generator().manual_seed(4)
+    image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=gen)
+    label = torch.randint(0, 3, (64, 64), generator=gen)
+    probs = torch.softmax(torch.randn(3, 64, 64, generator=gen) * 2, 0)
+    crop = CropConfig(size=32, crops_per_image=40, min_labels=1)
+
+    def crops(t: float):
+        aug = AugmentConfig(rotation_deg=0, scale=0, shift_fraction=0, probs_temperature=t)
+        return refiner_crops(image, label, probs, rng=torch.Generator().manual_seed(0), augment=aug, crop=crop)
+
+    plain, tempered = crops(1.0), crops(4.0)
+    torch.testing.assert_close(tempered.probs.sum(1), torch.ones(40, 32, 32))
+    torch.testing.assert_close(tempered.probs.argmax(1), plain.probs.argmax(1))
+    # Each crop gets one temperature t in [1/4, 4]: log p / t is log p scaled, up to a per-pixel constant.
+    logs = tempered.probs.log() - tempered.probs.log().mean(1, keepdim=True)
+    ref = plain.probs.log() - plain.probs.log().mean(1, keepdim=True)
+    ratio = (logs.flatten(1) * ref.flatten(1)).sum(1) / (ref.flatten(1) ** 2).sum(1)  # 1 / t, least squares
+    assert ((ratio > 0.25 - 1e-3) & (ratio < 4 + 1e-3)).all()
+    assert (ratio < 0.8).any() and (ratio > 1.25).any()  # both sharper and flatter crops
+    torch.testing.assert_close(logs, ref * ratio[:, None, None, None], atol=1e-4, rtol=1e-4)
