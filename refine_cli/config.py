@@ -135,6 +135,10 @@ class PipelineConfig:
     batch_size: None picks 8 on a GPU and 1 on a CPU (a CPU gains nothing from batching; a batch that runs out
         of GPU memory is halved and retried).
     max_side: images whose long side exceeds this run scaled down, and their probabilities are resized back.
+    cpu_refiner_side / gpu_refiner_side: on that device, the long side above which the refiner runs on a scaled-down
+        copy (image and coarse probabilities) and its logits are resized back; None: the working size. On a CPU the
+        refiner's cost then stops growing with the image (at 512 px it costs a quarter); on a GPU it is cheap at any
+        size, so it runs at full resolution.
     """
 
     base: str = "synth_fcn8s_compact"
@@ -142,6 +146,8 @@ class PipelineConfig:
     gpu_batch_size: int = 8
     cpu_batch_size: int = 1
     max_side: int = 2048
+    cpu_refiner_side: int | None = 256
+    gpu_refiner_side: int | None = None
     decode_workers: int = 4
     write_workers: int = 2
 

@@ -19,6 +19,7 @@ from refine_cli.config import CRFConfig
 from refine_cli.crf import dense_crf
 from refine_cli.data import Sample
 from refine_cli.metrics import BoundaryF, ConfusionMatrix
+from refine_cli.models.spn import class_map
 from refine_cli.pipeline import Refiner
 
 BASE, SPN, CRF = "base", "base + SPN", "base + dense CRF"
@@ -119,10 +120,10 @@ def evaluate(
             x = rgb.to(engine.device)[None].permute(0, 3, 1, 2).float().div_(255)
             start = _now(engine.device)
             coarse = engine.base_probs(x)
-            rows[BASE].add(coarse.argmax(1)[0].cpu().numpy(), gt, _now(engine.device) - start)
+            rows[BASE].add(class_map(coarse)[0].cpu().numpy(), gt, _now(engine.device) - start)
             if SPN in rows:
                 start = _now(engine.device)
-                refined = engine.refine_logits(x, coarse).argmax(1)[0].cpu().numpy()
+                refined = class_map(engine.refine_logits(x, coarse))[0].cpu().numpy()
                 rows[SPN].add(refined, gt, _now(engine.device) - start)
             if crf is not None:
                 probs = coarse[0].cpu().numpy()

@@ -89,7 +89,7 @@ def _fresh_process_call(base: str, refiner: str, stage: str, paths: tuple[str, .
                         ) -> Callable[[], Any]:
     """What `extra_peak_mib` runs in its fresh process: the networks loaded, the propagation kernels loaded and the
     batch decoded (not counted), then one call of the stage (counted)."""
-    model = Refiner(base, refiner, device="cpu", precision=precision)  # type: ignore[arg-type]
+    model = Refiner(base, refiner, device="cpu", precision=precision, refiner_side=None)  # type: ignore[arg-type]
     resolve_backend("auto", model.device)  # loads the C++ kernels now, not inside the measured call
     return _stage_fn(model, stage, _batch(model.device, paths))[0]
 
@@ -120,12 +120,13 @@ def bench_scaling(
     the base network's output) on batches of distinct synthetic images of size x size: the median time of `repeats`
     calls after a warm-up, per image, and (with `memory`) the peak memory of one call: on a CPU the extra peak
     resident memory in a fresh process (`timing.extra_peak_mib`; Linux only), on CUDA the peak allocated. A call
-    that runs out of GPU memory is recorded as such, and the larger batches of that size are skipped."""
+    that runs out of GPU memory is recorded as such, and the larger batches of that size are skipped. The refiner
+    runs at full resolution (`refiner_side=None`): this is the networks' own scaling, not the CPU default's cap."""
     if not sizes or not batches:
         raise UsageError("give at least one image size and one batch size")
     if min(sizes) < 32 or min(batches) < 1:
         raise UsageError("image sizes must be at least 32 pixels and batches at least 1")
-    model = Refiner(base, refiner, device=device, precision=precision)  # type: ignore[arg-type]
+    model = Refiner(base, refiner, device=device, precision=precision, refiner_side=None)  # type: ignore[arg-type]
     if model.base is None or model.refiner is None:
         raise UsageError("the scaling benchmark times a base network and a refiner; give both")
     on_cuda = model.device.type == "cuda"

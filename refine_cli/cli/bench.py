@@ -29,7 +29,7 @@ from refine_cli.bench.propagate import (
 )
 from refine_cli.bench.scaling import ScalingReport, bench_scaling, plot_scaling, require_matplotlib
 from refine_cli.bench.workload import random_checkpoint
-from refine_cli.cli.common import cli_errors, console, err_console
+from refine_cli.cli.common import cli_errors, console, err_console, refiner_side, refiner_side_option
 from refine_cli.cli.evaluate import report_table
 from refine_cli.cli.refine import BatchSize, Compile, Device, Precision, Workers
 from refine_cli.config import BenchConfig, PipelineConfig
@@ -212,6 +212,7 @@ def refiner_vs_crf_command(
     refiner: Annotated[str, typer.Option("--refiner", help="SPN refiner (name or path).",
                                          rich_help_panel=NETS)] = "default",
     device: Device = "auto",
+    side: Annotated[Optional[int], refiner_side_option()] = None,
     json_out: JsonOut = None,
 ) -> None:
     """The refiner against the dense CRF on the same synthetic images and base probabilities: time per image of
@@ -219,7 +220,7 @@ def refiner_vs_crf_command(
     SPN / base time and CRF / SPN time."""
     view = _view(json_out)
     with cli_errors(), view.status("loading the networks") as status:
-        model = Refiner(base, refiner, device=device, batch_size=1)
+        model = Refiner(base, refiner, device=device, batch_size=1, refiner_side=refiner_side(side))
         report = compare_refiner_crf(
             model, n=n, size=size, seed=seed, crf_iterations=crf_iterations, tolerance_px=tolerance,
             progress=lambda i: status.update(f"image {i} of {n}"),

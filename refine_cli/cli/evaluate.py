@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from refine_cli import io
-from refine_cli.cli.common import cli_errors, console, err_console
+from refine_cli.cli.common import cli_errors, console, err_console, refiner_side, refiner_side_option
 from refine_cli.config import CRFConfig
 from refine_cli.crf import crf_available
 from refine_cli.data import FORMATS, open_dataset
@@ -80,6 +80,7 @@ def evaluate_command(
                                              rich_help_panel=DATA)] = 2.0,
     per_class: Annotated[bool, typer.Option("--per-class", help="Also print the IoU of every class.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN)] = "auto",
+    side: Annotated[Optional[int], refiner_side_option(RUN)] = None,
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write the report as JSON to this file ('-': "
                                                     "stdout).")] = None,
 ) -> None:
@@ -89,7 +90,7 @@ def evaluate_command(
         if crf and not crf_available():
             raise UsageError('--crf needs the optional package pydensecrf2: pip install "refine-cli[crf]"')
         dataset = open_dataset(data, format=format, split=split)
-        model = Refiner(base=base, refiner=refiner, device=device, batch_size=1)
+        model = Refiner(base=base, refiner=refiner, device=device, batch_size=1, refiner_side=refiner_side(side))
         classes = model.classes
         if len(dataset.classes) != len(classes):
             raise DataError(

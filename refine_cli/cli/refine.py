@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from refine_cli import io
-from refine_cli.cli.common import cli_errors, console, err_console
+from refine_cli.cli.common import cli_errors, console, err_console, refiner_side, refiner_side_option
 from refine_cli.config import PipelineConfig
 from refine_cli.ops import available_backends
 from refine_cli.pipeline import FolderOptions, FolderSummary, Refiner
@@ -89,7 +89,7 @@ def _failures_table(summary: FolderSummary, limit: int = 20) -> Table:
 def _run(
     inputs: list[str], out: Path, *, base: str, refiner: str, masks: Path | None, num_classes: int | None,
     overlay: bool, save_probs: bool, save_coarse: bool, overwrite: bool, json_out: str | None, device: str,
-    batch_size: int | None, precision: str, max_side: int, compile: bool, workers: int,
+    batch_size: int | None, precision: str, max_side: int, side: int | None, compile: bool, workers: int,
 ) -> None:
     view: Console = err_console if json_out == "-" else console
     summary = FolderSummary()
@@ -104,6 +104,7 @@ def _run(
             batch_size=batch_size,
             precision=precision,  # type: ignore[arg-type]
             max_side=max_side,
+            refiner_side=refiner_side(side),
             compile=compile,
             workers=workers,
         )
@@ -164,12 +165,14 @@ def refine(
     masks: Masks = None, num_classes: NumClasses = None, overlay: Overlay = True, save_probs: SaveProbs = False,
     save_coarse: SaveCoarse = False, overwrite: Overwrite = False, json_out: JsonOut = None, device: Device = "auto",
     batch_size: BatchSize = None, precision: Precision = "fp32", max_side: MaxSide = DEFAULT.max_side,
+    side: Annotated[Optional[int], refiner_side_option(RUN)] = None,
     compile: Compile = False, workers: Workers = DEFAULT.decode_workers,
 ) -> None:
     """Refine segmentation masks: base segmenter (or --masks) then the SPN refiner, over files and folders."""
     _run(inputs, out, base=base, refiner=refiner, masks=masks, num_classes=num_classes, overlay=overlay,
          save_probs=save_probs, save_coarse=save_coarse, overwrite=overwrite, json_out=json_out, device=device,
-         batch_size=batch_size, precision=precision, max_side=max_side, compile=compile, workers=workers)
+         batch_size=batch_size, precision=precision, max_side=max_side, side=side, compile=compile,
+         workers=workers)
 
 
 def segment(
@@ -181,4 +184,5 @@ def segment(
     """Segment images with the base segmenter only (no refiner): the same outputs as `refine`."""
     _run(inputs, out, base=base, refiner="none", masks=None, num_classes=None, overlay=overlay,
          save_probs=save_probs, save_coarse=False, overwrite=overwrite, json_out=json_out, device=device,
-         batch_size=batch_size, precision=precision, max_side=max_side, compile=compile, workers=workers)
+         batch_size=batch_size, precision=precision, max_side=max_side, side=None, compile=compile,
+         workers=workers)

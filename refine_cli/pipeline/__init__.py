@@ -6,6 +6,7 @@ The CLI, the examples, the benchmarks and the evaluation all go through it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Literal
 from os import PathLike
 from pathlib import Path, PurePosixPath
 
@@ -42,6 +43,9 @@ class Refiner:
     batch_size: images per batch; None: PipelineConfig's GPU / CPU default.
     precision: "fp32", or "fp16" / "bf16" autocast (fp16 on CUDA only).
     max_side: long side above which images run scaled down (the result is resized back to the image).
+    refiner_side: long side above which the refiner runs on a scaled-down copy of the image and coarse
+        probabilities, its logits resized back; None: at the working size; "auto": PipelineConfig's default for the
+        device (256 on a CPU, None on a GPU).
     channels_last: NHWC layout for the convolutions; None: on for CUDA.
     compile: wrap both networks in torch.compile (GPU; the first batches of each size pay the compile time).
     """
@@ -55,6 +59,7 @@ class Refiner:
         batch_size: int | None = None,
         precision: Precision = "fp32",
         max_side: int | None = DEFAULT.max_side,
+        refiner_side: int | None | Literal["auto"] = "auto",
         channels_last: bool | None = None,
         compile: bool = False,
         workers: int = DEFAULT.decode_workers,
@@ -66,6 +71,10 @@ class Refiner:
         if batch_size is not None and batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {batch_size}")
         self.batch_size = batch_size or (DEFAULT.gpu_batch_size if on_gpu else DEFAULT.cpu_batch_size)
+        if refiner_side == "auto":
+            refiner_side = DEFAULT.gpu_refiner_side if on_gpu else DEFAULT.cpu_refiner_side
+        if refiner_side is not None and refiner_side < 16:
+            raise UsageError(f"the refiner's side must be at least 16 pixels, got {refiner_side}")
         self.workers, self.writers = workers, writers
         base_net = _load(base, DEFAULT.base, "base", self.device, channels_last)
         refiner_net = _load(refiner, DEFAULT.refiner, "refiner", self.device, channels_last)
@@ -79,6 +88,7 @@ class Refiner:
             device=self.device,
             precision=precision,
             max_side=max_side,
+            refiner_side=refiner_side,
             channels_last=channels_last,
         )
 

@@ -167,3 +167,18 @@ def test_released_forms_decode_from_the_propagated_maps_alone():
     assert not spn_universal(guidance_width=0.125, hidden=4, mid_channels=4).residual
     compact = models.build("spn_universal_compact")
     assert compact.residual and compact.decode_at == "half" and compact.guidance.half_skip
+
+
+def test_class_map_and_present_classes_agree_with_argmax_and_one_hot_on_ties():
+    from refine_cli.models.spn import class_map, present_classes
+
+    probs = _probs(2, 5, 16, 16, seed=3)
+    probs[:, :, :4] = 0.2  # uniform: every class ties, the first wins
+    probs[1] = 0.2
+    probs[1, :, 8:] = 0.0
+    probs[1, 3:5, 8:] = 0.5  # classes 3 and 4 tie, 3 wins
+    for scores in (probs, probs.log(), probs.half()):
+        torch.testing.assert_close(class_map(scores), scores.argmax(1))
+        expected = torch.nn.functional.one_hot(scores.argmax(1), 5).flatten(1, 2).amax(1).bool()
+        torch.testing.assert_close(present_classes(scores), expected)
+    assert present_classes(probs)[1].tolist() == [True, False, False, True, False]

@@ -130,3 +130,36 @@ def test_fp16_on_the_cpu_is_refused(nets):
 def test_bf16_autocast_runs_on_the_cpu(nets):
     model = Refiner(base=nets["base"], refiner=nets["refiner"], device="cpu", precision="bf16")
     assert model.refine(_image(32, 32)).labels.shape == (32, 32)
+
+
+def test_refiner_side_runs_the_refiner_on_a_scaled_down_copy(nets):
+    import torch.nn.functional as F
+
+    from refine_cli.config import PipelineConfig
+    from refine_cli.transforms import resize_images
+
+    full = Refiner(base=nets["base"], refiner=nets["refiner"], device="cpu", refiner_side=None)
+    small = Refiner(base=nets["base"], refiner=nets["refiner"], device="cpu", refiner_side=32)
+    assert Refiner(base=nets["base"], refiner=nets["refiner"], device="cpu").engine.refiner_side == (
+        PipelineConfig().cpu_refiner_side)
+    with torch.inference_mode():
+        x = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+        coarse = full.engine.base_probs(x)
+        coarse[:, 1] = 0  # one class no pixel votes for: it must stay suppressed
+        coarse /= coarse.sum(1, keepdim=True)
+        got = small.engine.refine_logits(x, coarse)
+        at_32 = full.engine.refine_logits(resize_images(x, (24, 32)), resize_images(coarse, (24, 32)))
+        at_full = full.engine.refine_logits(x, coarse)
+    assert got.shape == coarse.shape
+    absent = ~F.one_hot(coarse.argmax(1), coarse.shape[1]).flatten(1, 2).amax(1).bool()[0]
+    assert absent[1] and torch.isinf(got[0, absent]).all() and torch.isfinite(got[0, ~absent]).all()
+    expected = F.interpolate(at_32.clamp_min(-1e4), size=(48, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(got[0, ~absent], expected[0, ~absent])
+    assert not torch.allclose(got[0, ~absent], at_full[0, ~absent], atol=1e-3)
+    with torch.inference_mode():  # an image within the side runs as it is
+        x, coarse = x[..., :24, :30], coarse[..., :24, :30]
+        torch.testing.assert_close(small.engine.refine_logits(x, coarse), full.engine.refine_logits(x, coarse))
+    labels = small.refine(_image(48, 64)).labels
+    assert labels.shape == (48, 64)
+    with pytest.raises(UsageError, match="at least 16"):
+        Refiner(base=nets["base"], refiner=nets["refiner"], device="cpu", refiner_side=8)
