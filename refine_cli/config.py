@@ -59,6 +59,10 @@ class AugmentConfig:
     # Each crop's coarse probabilities re-tempered, softmax(log p / t) with t log-uniform in [1/T, T] (1: off), so a
     # universal refiner does not learn the calibration of the one base network it trains on. Not in the release.
     probs_temperature: float = 1.0
+    # Each crop's coarse probabilities smoothed spatially: area-downsampled by s, s log-uniform in [1, S], and
+    # resized back (bilinear) (1: off), so the refiner also sees the blobbier maps of base networks without skip
+    # connections (DeepLab-LargeFOV) while training on one with them (FCN-8s). Not in the release.
+    probs_coarsen: float = 1.0
 
 
 @dataclass(frozen=True)

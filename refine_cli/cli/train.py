@@ -371,6 +371,10 @@ def refiner(
                                                      "[1/T, T], so the refiner does not learn one base network's "
                                                      "calibration (1: off).", rich_help_panel=AUG)
                          ] = AugmentConfig().probs_temperature,
+    probs_coarsen: Annotated[float, typer.Option("--probs-coarsen", min=1.0, help="Smooth each crop's coarse "
+                                                 "probabilities: area-downsample by s, s log-uniform in [1, S], and "
+                                                 "resize back, so the refiner also sees blobbier base networks "
+                                                 "(1: off).", rich_help_panel=AUG)] = AugmentConfig().probs_coarsen,
     optimizer: OptimizerOpt = Optimizer(REFINER.optim.optimizer),
     lr: Lr = REFINER.optim.lr,
     momentum: Momentum = REFINER.optim.momentum,
@@ -402,7 +406,8 @@ def refiner(
             crop=CropConfig(size=crop_size, crops_per_image=crops_per_image, min_labels=min_labels,
                             max_tries=max_tries),
             augment=AugmentConfig(rotation_deg=rotation, scale=scale_jitter, shift_fraction=shift,
-                                  hard_probs_p=hard_probs, probs_temperature=probs_temperature) if augment else None,
+                                  hard_probs_p=hard_probs, probs_temperature=probs_temperature,
+                                  probs_coarsen=probs_coarsen) if augment else None,
             probs=probs.value, probs_dir=None if probs_dir is None else str(probs_dir),
             suppress_absent=suppress_absent, init=init.value,
             optim=_optim(optimizer, lr, momentum, weight_decay, poly_power, grad_clip),

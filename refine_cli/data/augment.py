@@ -199,6 +199,18 @@ def random_crop_with_labels(
     )
 
 
+def coarsen_probs(probs: torch.Tensor, factor: float) -> torch.Tensor:
+    """(K, H, W) probabilities area-downsampled by `factor` and resized back (bilinear): still probabilities, with
+    the detail finer than `factor` pixels gone. A factor below 1.5 changes nothing."""
+    height, width = probs.shape[-2:]
+    small = (max(1, round(height / factor)), max(1, round(width / factor)))
+    if small == (height, width) or factor < 1.5:
+        return probs
+    x = torch.nn.functional.interpolate(probs[None].float(), size=small, mode="area")
+    x = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    return x[0].to(probs.dtype)
+
+
 PROBS_FLOOR = 1e-6  # probabilities below this are taken as this before re-tempering (log of zero)
 
 
@@ -215,7 +227,8 @@ def refiner_crops(
     None), then `crop.crops_per_image` crops (4 images x 10 crops made the batch of 40); with
     `augment.hard_probs_p`, that share of the crops gets one-hot coarse probabilities (the argmax); with
     `augment.probs_temperature` T > 1, every other crop's probabilities become softmax(log p / t), t log-uniform in
-    [1/T, T] (sharper or flatter, same argmax)."""
+    [1/T, T] (sharper or flatter, same argmax); with `augment.probs_coarsen` S > 1, every crop's probabilities are
+    smoothed: area-downsampled by s, s log-uniform in [1, S], and resized back (bilinear)."""
     if augment is not None:
         image, label, probs, _ = joint_affine(
             image, label, probs, rng=rng, rotation_deg=augment.rotation_deg, scale=augment.scale,
@@ -235,6 +248,10 @@ def refiner_crops(
         t = torch.exp((2 * torch.rand(len(crops), generator=rng) - 1) * spread)[:, None, None, None]
         logp = crop_probs.float().clamp_min(PROBS_FLOOR).log()
         crop_probs = torch.softmax(logp / t, dim=1).to(crop_probs.dtype)
+    coarsen = augment.probs_coarsen if augment is not None else 1.0
+    if crop_probs is not None and coarsen > 1:
+        factors = torch.exp(torch.rand(len(crops), generator=rng) * math.log(coarsen)).tolist()
+        crop_probs = torch.stack([coarsen_probs(p, s) for p, s in zip(crop_probs, factors)])
     hard_p = augment.hard_probs_p if augment is not None else 0.0
     if crop_probs is not None and hard_p > 0:
         hard = torch.rand(len(crops), generator=rng) < hard_p

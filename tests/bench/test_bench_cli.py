@@ -203,3 +203,19 @@ def test_profile_refiner_script_times_every_stage(decode_at: str, order: list[st
     assert stages == ["guidance", "encoder", "propagation", *order, "sum", "whole"]
     percents = [float(line.split()[-2]) for line in lines[1:6]]
     assert sum(percents) == pytest.approx(100, abs=0.5)
+
+
+def test_refiner_side_script_sweeps_sides_and_skips_those_at_full_size(nets: dict[str, str], tmp_path: Path):
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "refiner_side.py"
+    out = tmp_path / "side.json"
+    result = subprocess.run(
+        [sys.executable, str(script), "--base", nets["base"], "--refiner", nets["refiner"], "--sizes", "48",
+         "--sides", "0,64,32", "--n", "2", "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["size"], r["refiner_side"]) for r in rows] == [(48, None), (48, 32)]  # 64 >= 48: skipped
+    assert rows[0]["base_miou"] == rows[1]["base_miou"]  # one base network, one set of images
+    assert all(0 <= r["spn_miou"] <= 1 and r["spn_ms"] > 0 for r in rows)
+    assert len(result.stdout.splitlines()) == 2 + len(rows)  # the markdown table

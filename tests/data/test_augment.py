@@ -189,3 +189,35 @@ def test_probs_temperature_retempers_each_crop_and_keeps_its_argmax():
     assert ((ratio > 0.25 - 1e-3) & (ratio < 4 + 1e-3)).all()
     assert (ratio < 0.8).any() and (ratio > 1.25).any()  # both sharper and flatter crops
     torch.testing.assert_close(logs, ref * ratio[:, None, None, None], atol=1e-4, rtol=1e-4)
+
+
+def test_coarsen_probs_smooths_and_keeps_distributions():
+    from refine_cli.data.augment import coarsen_probs
+
+    _, _, probs = _blocks(48, 64)
+    torch.testing.assert_close(coarsen_probs(probs, 1.2), probs)  # below 1.5: unchanged
+    out = coarsen_probs(probs, 4.0)
+    assert out.shape == probs.shape
+    torch.testing.assert_close(out.sum(0), torch.ones(48, 64))
+    assert out.min() >= 0
+    soft = ((out > 1e-6) & (out < 1 - 1e-6)).any(0).float().mean()  # pixels no longer one-hot: the blocks' edges
+    assert soft > 0.3
+    interior = probs[:, 3::8, 3::8]  # block centres sit 3-4 px from any edge: a 4x smoothing keeps most of them
+    assert (out[:, 3::8, 3::8].argmax(0) == interior.argmax(0)).float().mean() > 0.6
+
+
+def test_probs_coarsen_smooths_each_crop_by_its_own_factor():
+    from refine_cli.config import AugmentConfig
+
+    image, label, probs = _blocks(64, 64)
+    crop = CropConfig(size=32, crops_per_image=40, min_labels=1)
+
+    def crops(s: float):
+        aug = AugmentConfig(rotation_deg=0, scale=0, shift_fraction=0, probs_coarsen=s)
+        return refiner_crops(image, label, probs, rng=torch.Generator().manual_seed(0), augment=aug, crop=crop)
+
+    plain, coarse = crops(1.0), crops(6.0)
+    torch.testing.assert_close(plain.labels, coarse.labels)  # labels and images untouched
+    torch.testing.assert_close(coarse.probs.sum(1), torch.ones(40, 32, 32))
+    blur = (coarse.probs - plain.probs).abs().flatten(1).mean(1)  # how far each crop moved from the one-hot maps
+    assert (blur < 1e-6).any() and (blur > 0.05).any()  # factors below 1.5 leave a crop alone; large ones smooth
