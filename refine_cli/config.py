@@ -260,6 +260,8 @@ class RefinerTrainConfig:
         "live" (recomputed for every batch).
     suppress_absent: validate with the released test-time rule (classes absent from the coarse argmax zeroed).
     init: as `BaseTrainConfig.init`, for the guidance network's ImageNet trunk.
+    init_from: a refine-cli refiner checkpoint of the same arch to start from instead (fine-tuning a trained
+        refiner, e.g. the bundled one, on new data or a new base network).
     """
 
     arch: str = "spn_universal"
@@ -273,6 +275,7 @@ class RefinerTrainConfig:
     probs_dir: str | None = None
     suppress_absent: bool = True
     init: str = "auto"
+    init_from: str | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
 

@@ -333,6 +333,9 @@ def refiner(
                                       rich_help_panel=NETWORK)] = REFINER.arch,
     arch_arg: ArchArg = None,
     init: InitOpt = Init(REFINER.init),
+    init_from: Annotated[Optional[str], typer.Option("--from", help="Fine-tune this refine-cli refiner checkpoint "
+                                                     "of the same arch (name or path), e.g. the bundled one.",
+                                                     rich_help_panel=NETWORK)] = None,
     format: Format = DatasetFormat(REFINER.data.format),
     split: Split = REFINER.data.split,
     val_split: ValSplit = REFINER.data.val_split,
@@ -409,7 +412,7 @@ def refiner(
                                   hard_probs_p=hard_probs, probs_temperature=probs_temperature,
                                   probs_coarsen=probs_coarsen) if augment else None,
             probs=probs.value, probs_dir=None if probs_dir is None else str(probs_dir),
-            suppress_absent=suppress_absent, init=init.value,
+            suppress_absent=suppress_absent, init=init.value, init_from=init_from,
             optim=_optim(optimizer, lr, momentum, weight_decay, poly_power, grad_clip),
             loop=_loop(steps, seed, device, amp, deterministic, workers, log_every, checkpoint_every, val_every),
         )

@@ -13,7 +13,7 @@ import torch
 
 from refine_cli import models, weights
 from refine_cli.config import DataConfig
-from refine_cli.errors import UsageError
+from refine_cli.errors import UsageError, WeightsError
 from refine_cli.train import Note, TrainResult, train_refiner
 from refine_cli.train import probs as probs_module
 from refine_cli.train.metrics_log import read_records
@@ -123,3 +123,25 @@ def test_bf16_autocast_trains(world: Path, trained_base: TrainResult, tmp_path: 
     state = weights.load_checkpoint(result.model_path).state_dict
     floats = [t for t in state.values() if t.is_floating_point()]  # BatchNorm also keeps an integer step count
     assert floats and all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in floats)
+
+
+def test_from_a_trained_refiner_starts_at_its_weights(world: Path, trained_base: TrainResult, tmp_path: Path):
+    first = train_refiner(refiner_config(world, trained_base.model_path, tmp_path / "probs"), tmp_path / "first")
+    start = weights.load_checkpoint(first.model_path).state_dict
+    still = replace(refiner_config(world, trained_base.model_path, tmp_path / "probs").optim, optimizer="sgd",
+                    lr=1e-12, momentum=0.0, weight_decay=0.0)
+    tuned = train_refiner(refiner_config(world, trained_base.model_path, tmp_path / "probs", optim=still,
+                                         init_from=str(first.model_path)), tmp_path / "tuned")
+    ckpt = weights.load_checkpoint(tuned.model_path)
+    assert ckpt.meta.provenance["init"] == f"checkpoint:{first.model_path}"
+    assert set(ckpt.state_dict) == set(start)
+    assert all(torch.allclose(start[k].float(), v.float(), atol=1e-6) for k, v in ckpt.state_dict.items())
+    # A fresh run with the same seed starts elsewhere: the weights above came from the checkpoint.
+    fresh = train_refiner(refiner_config(world, trained_base.model_path, tmp_path / "probs", optim=still, loop=replace(
+        refiner_config(world, trained_base.model_path, tmp_path).loop, seed=1)), tmp_path / "fresh")
+    other = weights.load_checkpoint(fresh.model_path).state_dict
+    assert not all(torch.allclose(start[k].float(), v.float(), atol=1e-6) for k, v in other.items())
+    wider = dict(TINY_REFINER_ARGS, hidden=16)
+    with pytest.raises(WeightsError, match="does not fit"):
+        train_refiner(refiner_config(world, trained_base.model_path, tmp_path / "probs", arch_args=wider,
+                                     init_from=str(first.model_path)), tmp_path / "wider")
