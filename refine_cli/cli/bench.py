@@ -264,7 +264,7 @@ def scaling_command(
     device: Device = "auto",
     precision: Precision = "fp32",
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw time and memory against size into this "
-                                                 "PNG (needs matplotlib: refine-cli[plot]).", dir_okay=False,
+                                                 "PNG (needs matplotlib: refine-cli\\[plot]).", dir_okay=False,
                                                  rich_help_panel=OUTPUT)] = None,
     json_out: JsonOut = None,
 ) -> None:
@@ -283,7 +283,7 @@ def scaling_command(
         view.print(f"[bold]device[/]: {report.device}", highlight=False)
         view.print(scaling_table(report))
         if plot is not None:
-            view.print(f"plot: {plot_scaling(report, plot)}", highlight=False)
+            view.print(f"plot: {plot_scaling(report, plot)}", highlight=False, markup=False)
     _write_json(json_out, report.to_dict())
 
 

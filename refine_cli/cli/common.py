@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from refine_cli.errors import RefineError
 
@@ -36,5 +37,5 @@ def cli_errors() -> Iterator[None]:
     try:
         yield
     except RefineError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -70,6 +71,7 @@ def synth(
             f"({config.width}x{config.height}, {len(SYNTH_CLASSES)} classes) to {summary.out} "
             f"in {summary.seconds:.1f} s",
             highlight=False,
+            markup=False,
         )
 
 
@@ -102,7 +104,7 @@ def check(
     table.add_column("problem", style="red")
     table.add_column("detail", overflow="fold")
     for problem in report.problems[:limit]:
-        table.add_row(problem.name, problem.kind.replace("_", " "), problem.detail)
+        table.add_row(escape(problem.name), problem.kind.replace("_", " "), escape(problem.detail))
     console.print(table)
     if count > limit:
         console.print(f"... and {count - limit} more (raise --limit to see them)", highlight=False)

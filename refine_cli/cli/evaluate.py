@@ -63,7 +63,7 @@ def evaluate_command(
     split: Annotated[str, typer.Option("--split", help="Split to score.", rich_help_panel=DATA)] = "val",
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Score only the first N images.",
                                                  rich_help_panel=DATA)] = None,
-    crf: Annotated[bool, typer.Option("--crf", help="Also score base + dense CRF (needs refine-cli[crf]).",
+    crf: Annotated[bool, typer.Option("--crf", help="Also score base + dense CRF (needs refine-cli\\[crf]).",
                                       rich_help_panel=CRF_PANEL)] = False,
     crf_iterations: Annotated[int, typer.Option("--crf-iterations", min=1, rich_help_panel=CRF_PANEL,
                                                 help="Mean-field iterations.")] = 5,

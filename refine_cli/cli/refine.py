@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -80,7 +81,7 @@ def _failures_table(summary: FolderSummary, limit: int = 20) -> Table:
     table.add_column("file", overflow="fold")
     table.add_column("reason", overflow="fold")
     for path, reason in summary.failed[:limit]:
-        table.add_row(path, reason)
+        table.add_row(escape(path), escape(reason))
     if len(summary.failed) > limit:
         table.add_row(f"... and {len(summary.failed) - limit} more", "(all of them are in --json)")
     return table

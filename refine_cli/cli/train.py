@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from refine_cli import models
@@ -195,7 +196,7 @@ class _Renderer:
     def __call__(self, event: Event) -> None:
         p = self.progress
         if isinstance(event, Note):
-            p.console.print(f"[dim]•[/] {event.text}", highlight=False, soft_wrap=True)
+            p.console.print(f"[dim]•[/] {escape(event.text)}", highlight=False, soft_wrap=True)
         elif isinstance(event, CacheProgress):
             task = self.cache_tasks.get(event.split)
             if task is None:
@@ -215,7 +216,7 @@ class _Renderer:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in event.scores.items())
             p.console.print(f"[dim]•[/] step {event.step} {event.split}: {shown}", highlight=False)
         elif isinstance(event, Checkpointed):
-            p.console.print(f"[dim]•[/] step {event.step}: wrote {event.path}", highlight=False)
+            p.console.print(f"[dim]•[/] step {event.step}: wrote {escape(str(event.path))}", highlight=False)
         elif isinstance(event, Finished) and self.task is not None:
             p.update(self.task, completed=event.result.steps)
 
@@ -235,7 +236,7 @@ def _summary(result: TrainResult) -> None:
     if result.val:
         val = "; val " + ", ".join(f"{k} {v:.4f}" for k, v in result.val.items())
     console.print(f"trained {result.steps} steps in {_duration(result.elapsed_s)} (final loss {loss}{val}); "
-                  f"model: {result.model_path}", highlight=False, soft_wrap=True)
+                  f"model: {result.model_path}", highlight=False, soft_wrap=True, markup=False)
 
 
 def _run(train: Any, config: Any, out: Path, resume: bool, overwrite: bool) -> None:
@@ -251,7 +252,7 @@ def _run(train: Any, config: Any, out: Path, resume: bool, overwrite: bool) -> N
             last = out / "last.pt"
             what = (f"{last} holds the last checkpoint; run the same command with --resume to continue"
                     if last.is_file() else "no checkpoint was written yet")
-            err_console.print(f"[bold yellow]interrupted:[/] {what}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold yellow]interrupted:[/] {escape(what)}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     _summary(result)
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -80,7 +81,7 @@ def list_cmd(cache_dir: CacheDir = None, as_json: AsJson = False) -> None:
     for col in ("where", "arch", "kind", "classes", "size", "status"):
         table.add_column(col, justify="right" if col in ("classes", "size") else "left")
     for e in entries:
-        table.add_row(e.name, e.where, e.arch or "-", e.kind or "-",
+        table.add_row(escape(e.name), escape(e.where), e.arch or "-", e.kind or "-",
                       _classes(e), _size(e.size), _status(e.status))
     console.print(table)
 
@@ -102,10 +103,10 @@ def fetch_cmd(
                 bar.update(task, completed=done, total=total)
 
             path = weights.fetch(rf.name, cache_dir=cache_dir, progress=progress)
-        console.print(f"[green]downloaded[/] {rf.name}: {path}", highlight=False)
+        console.print(f"[green]downloaded[/] {rf.name}: {escape(str(path))}", highlight=False)
         if rf.kind == "base":
             out = weights.convert_remote(rf.name, cache_dir=cache_dir)
-            console.print(f"[green]converted[/] into {out}", highlight=False)
+            console.print(f"[green]converted[/] into {escape(str(out))}", highlight=False)
 
 
 @weights_app.command("import")
@@ -128,7 +129,7 @@ def import_cmd(
         ckpt = weights.import_checkpoint(file, source=source, arch=arch, classes=class_names, name=name,
                                          cache_dir=cache_dir)
         path = weights.imported_path(out_name, cache_dir=cache_dir)
-    console.print(f"[green]imported[/] {out_name} ({ckpt.arch}, {len(ckpt.meta.classes)} classes): {path}",
+    console.print(f"[green]imported[/] {escape(out_name)} ({ckpt.arch}, {len(ckpt.meta.classes)} classes): {escape(str(path))}",
                   highlight=False)
 
 
@@ -152,8 +153,8 @@ def verify_cmd(
         for col in ("name", "file", "result", "detail"):
             table.add_column(col)
         for r in results:
-            table.add_row(r.name, str(r.path) if r.path else "-", "[green]OK[/]" if r.ok else "[red]FAILED[/]",
-                          r.detail)
+            table.add_row(r.name, escape(str(r.path)) if r.path else "-", "[green]OK[/]" if r.ok else "[red]FAILED[/]",
+                          escape(r.detail))
         console.print(table)
     if not all(r.ok for r in results):
         raise typer.Exit(1)

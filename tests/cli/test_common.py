@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from refine_cli.cli.common import refiner_side
+import pytest
+import typer
+
+from refine_cli.cli.common import cli_errors, refiner_side
+from refine_cli.errors import UsageError
 
 
 def test_refiner_side_option_maps_absent_to_the_device_default_and_0_to_full_resolution():
     assert refiner_side(None) == "auto"
     assert refiner_side(0) is None
     assert refiner_side(320) == 320
+
+
+def test_errors_print_brackets_in_messages_and_paths_verbatim(capsys):
+    # Rich would read "[crf]" or "[draft]" as markup tags and drop them: the message must come through whole.
+    message = 'shots/[draft] a.jpg: pip install "refine-cli[crf]"'
+    with pytest.raises(typer.Exit) as exit_info:
+        with cli_errors():
+            raise UsageError(message)
+    assert exit_info.value.exit_code == UsageError.exit_code
+    assert message in capsys.readouterr().err

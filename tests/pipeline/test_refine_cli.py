@@ -189,3 +189,14 @@ def test_a_killed_run_resumes_without_corrupt_outputs(nets, tmp_path: Path):
     assert len(finals) == 80  # 40 masks + 40 overlays
     for p in finals:
         Image.open(p).load()  # complete files only; a killed write can leave only a hidden .part temp file
+
+
+def test_failure_table_shows_names_with_brackets_verbatim(nets, tmp_path: Path):
+    root = tmp_path / "in"
+    root.mkdir()
+    Image.fromarray(_rgb(16, 16)).save(root / "ok.png")
+    (root / "[draft] b.jpg").write_bytes(b"")
+    result = runner.invoke(app, ["refine", str(root), "--out", str(tmp_path / "out"), "--base", str(nets["base"]),
+                                 "--refiner", str(nets["refiner"]), "--device", "cpu", "--no-overlay"])
+    assert result.exit_code == 1
+    assert "[draft]b.jpg" in "".join(result.output.split())  # the table may fold a long path over lines
