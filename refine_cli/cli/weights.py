@@ -129,8 +129,8 @@ def import_cmd(
         ckpt = weights.import_checkpoint(file, source=source, arch=arch, classes=class_names, name=name,
                                          cache_dir=cache_dir)
         path = weights.imported_path(out_name, cache_dir=cache_dir)
-    console.print(f"[green]imported[/] {escape(out_name)} ({ckpt.arch}, {len(ckpt.meta.classes)} classes): {escape(str(path))}",
-                  highlight=False)
+    console.print(f"[green]imported[/] {escape(out_name)} ({ckpt.arch}, {len(ckpt.meta.classes)} classes): "
+                  f"{escape(str(path))}", highlight=False)
 
 
 @weights_app.command("verify")

@@ -136,9 +136,9 @@ def test_from_a_trained_refiner_starts_at_its_weights(world: Path, trained_base:
     assert ckpt.meta.provenance["init"] == f"checkpoint:{first.model_path}"
     assert set(ckpt.state_dict) == set(start)
     assert all(torch.allclose(start[k].float(), v.float(), atol=1e-6) for k, v in ckpt.state_dict.items())
-    # A fresh run with the same seed starts elsewhere: the weights above came from the checkpoint.
-    fresh = train_refiner(refiner_config(world, trained_base.model_path, tmp_path / "probs", optim=still, loop=replace(
-        refiner_config(world, trained_base.model_path, tmp_path).loop, seed=1)), tmp_path / "fresh")
+    # The same run without --from stays at its seed's initialisation: the weights above came from the checkpoint.
+    fresh = train_refiner(refiner_config(world, trained_base.model_path, tmp_path / "probs", optim=still),
+                          tmp_path / "fresh")
     other = weights.load_checkpoint(fresh.model_path).state_dict
     assert not all(torch.allclose(start[k].float(), v.float(), atol=1e-6) for k, v in other.items())
     wider = dict(TINY_REFINER_ARGS, hidden=16)
