@@ -141,7 +141,7 @@ class PipelineConfig:
     max_side: images whose long side exceeds this run scaled down, and their probabilities are resized back.
     cpu_refiner_side / gpu_refiner_side: on that device, the long side above which the refiner runs on a scaled-down
         copy (image and coarse probabilities) and its logits are resized back; None: the working size. On a CPU the
-        refiner's cost then stops growing with the image (at 512 px it costs a quarter); on a GPU it is cheap at any
+        refiner's cost then stops growing with the image (at 512 px it costs about a third); on a GPU it is cheap at any
         size, so it runs at full resolution.
     """
 
