@@ -379,6 +379,10 @@ def refiner(
                                                  "probabilities: area-downsample by s, s log-uniform in [1, S], and "
                                                  "resize back, so the refiner also sees blobbier base networks "
                                                  "(1: off).", rich_help_panel=AUG)] = AugmentConfig().probs_coarsen,
+    probs_displace: Annotated[int, typer.Option("--probs-displace", min=0, help="Grow or shrink each class map of "
+                                                "each crop by its own radius in [-R, R] pixels, so the refiner "
+                                                "learns to move boundaries to the image's edges in both directions "
+                                                "(0: off).", rich_help_panel=AUG)] = AugmentConfig().probs_displace,
     optimizer: OptimizerOpt = Optimizer(REFINER.optim.optimizer),
     lr: Lr = REFINER.optim.lr,
     momentum: Momentum = REFINER.optim.momentum,
@@ -411,7 +415,7 @@ def refiner(
                             max_tries=max_tries),
             augment=AugmentConfig(rotation_deg=rotation, scale=scale_jitter, shift_fraction=shift,
                                   hard_probs_p=hard_probs, probs_temperature=probs_temperature,
-                                  probs_coarsen=probs_coarsen) if augment else None,
+                                  probs_coarsen=probs_coarsen, probs_displace=probs_displace) if augment else None,
             probs=probs.value, probs_dir=None if probs_dir is None else str(probs_dir),
             suppress_absent=suppress_absent, init=init.value, init_from=init_from,
             optim=_optim(optimizer, lr, momentum, weight_decay, poly_power, grad_clip),

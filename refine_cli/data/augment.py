@@ -211,6 +211,25 @@ def coarsen_probs(probs: torch.Tensor, factor: float) -> torch.Tensor:
     return x[0].to(probs.dtype)
 
 
+def displace_probs(probs: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+    """(K, H, W) probabilities with class k's region grown by radii[k] pixels (shrunk where negative), one class
+    after the other: p_k max-filtered over a (2r+1) square (min-filtered for r < 0), and the other classes
+    rescaled, in their own proportions, to fill the rest (1 - p_k). Still probabilities; radii of 0 change
+    nothing."""
+    out = probs.float().clamp_min(PROBS_FLOOR)
+    out = out / out.sum(0, keepdim=True)
+    for k, r in enumerate(radii.tolist()):
+        if r == 0:
+            continue
+        x = out[k][None, None]
+        moved = F.max_pool2d(x if r > 0 else -x, 2 * abs(r) + 1, stride=1, padding=abs(r))[0, 0]
+        moved = moved if r > 0 else -moved
+        rest = torch.cat([out[:k], out[k + 1:]])
+        rest = rest / rest.sum(0, keepdim=True) * (1 - moved)
+        out = torch.cat([rest[:k], moved[None], rest[k:]])
+    return out.to(probs.dtype)
+
+
 PROBS_FLOOR = 1e-6  # probabilities below this are taken as this before re-tempering (log of zero)
 
 
@@ -228,7 +247,9 @@ def refiner_crops(
     `augment.hard_probs_p`, that share of the crops gets one-hot coarse probabilities (the argmax); with
     `augment.probs_temperature` T > 1, every other crop's probabilities become softmax(log p / t), t log-uniform in
     [1/T, T] (sharper or flatter, same argmax); with `augment.probs_coarsen` S > 1, every crop's probabilities are
-    smoothed: area-downsampled by s, s log-uniform in [1, S], and resized back (bilinear)."""
+    smoothed: area-downsampled by s, s log-uniform in [1, S], and resized back (bilinear); with
+    `augment.probs_displace` R > 0, every class map of every crop is grown or shrunk by a radius uniform in
+    [-R, R] (`displace_probs`). The one-hot crops are made last, from the transformed probabilities."""
     if augment is not None:
         image, label, probs, _ = joint_affine(
             image, label, probs, rng=rng, rotation_deg=augment.rotation_deg, scale=augment.scale,
@@ -252,6 +273,10 @@ def refiner_crops(
     if crop_probs is not None and coarsen > 1:
         factors = torch.exp(torch.rand(len(crops), generator=rng) * math.log(coarsen)).tolist()
         crop_probs = torch.stack([coarsen_probs(p, s) for p, s in zip(crop_probs, factors)])
+    displace = augment.probs_displace if augment is not None else 0
+    if crop_probs is not None and displace > 0:
+        radii = torch.randint(-displace, displace + 1, crop_probs.shape[:2], generator=rng)
+        crop_probs = torch.stack([displace_probs(p, r) for p, r in zip(crop_probs, radii)])
     hard_p = augment.hard_probs_p if augment is not None else 0.0
     if crop_probs is not None and hard_p > 0:
         hard = torch.rand(len(crops), generator=rng) < hard_p

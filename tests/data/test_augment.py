@@ -221,3 +221,48 @@ def test_probs_coarsen_smooths_each_crop_by_its_own_factor():
     torch.testing.assert_close(coarse.probs.sum(1), torch.ones(40, 32, 32))
     blur = (coarse.probs - plain.probs).abs().flatten(1).mean(1)  # how far each crop moved from the one-hot maps
     assert (blur < 1e-6).any() and (blur > 0.05).any()  # factors below 1.5 leave a crop alone; large ones smooth
+
+
+def _disc_and_square(size: int = 32) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    disc = (((yy - 16) ** 2 + (xx - 16) ** 2) < 64).float()
+    square = ((yy < 6) & (xx < 6)).float()
+    return torch.stack([1 - disc - square, disc, square]) * 0.97 + 0.01
+
+
+def test_displace_probs_grows_and_shrinks_one_class_and_leaves_the_others():
+    from refine_cli.data.augment import displace_probs
+
+    probs = _disc_and_square()
+    disc, square = probs.argmax(0) == 1, probs.argmax(0) == 2
+    torch.testing.assert_close(displace_probs(probs, torch.tensor([0, 0, 0])), probs)
+    for r in (-3, -1, 1, 3):
+        out = displace_probs(probs, torch.tensor([0, r, 0]))
+        torch.testing.assert_close(out.sum(0), torch.ones(32, 32))
+        assert out.min() > 0
+        moved = out.argmax(0) == 1
+        if r > 0:  # grown: a superset, by about the ring of width r around the disc (radius 8 -> 8 + r)
+            assert bool((moved & disc).eq(disc).all()) and moved.sum() > disc.sum()
+            assert abs(moved.sum().item() - math.pi * (8 + r) ** 2) < 0.25 * math.pi * (8 + r) ** 2
+        else:  # shrunk: a subset, the background takes the ring it gave up
+            assert bool((moved & disc).eq(moved).all()) and moved.sum() < disc.sum()
+            assert bool((out.argmax(0) == 0)[disc & ~moved].all())
+        assert bool((out.argmax(0) == 2).eq(square).all())  # the square is far from the disc: untouched
+
+
+def test_probs_displace_moves_each_crops_classes_by_their_own_radius():
+    from refine_cli.config import AugmentConfig
+
+    image, label, probs = _blocks(64, 64)
+    crop = CropConfig(size=32, crops_per_image=40, min_labels=1)
+
+    def crops(radius: int):
+        aug = AugmentConfig(rotation_deg=0, scale=0, shift_fraction=0, probs_displace=radius)
+        return refiner_crops(image, label, probs, rng=torch.Generator().manual_seed(0), augment=aug, crop=crop)
+
+    plain, moved = crops(0), crops(3)
+    torch.testing.assert_close(plain.labels, moved.labels)  # labels and images untouched
+    torch.testing.assert_close(plain.images, moved.images)
+    torch.testing.assert_close(moved.probs.sum(1), torch.ones(40, 32, 32))
+    changed = (moved.probs.argmax(1) != plain.probs.argmax(1)).flatten(1).float().mean(1)
+    assert (changed > 0.02).float().mean() > 0.5  # most crops have some boundary moved
