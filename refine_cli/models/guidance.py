@@ -14,6 +14,7 @@ from torch import nn
 
 from refine_cli.models.common import scaled
 from refine_cli.models.vgg import VGG16Trunk
+from refine_cli.ops.scan import oriented, unoriented
 
 NUM_DIRECTIONS = 4
 GATES_PER_DIRECTION = 3
@@ -37,6 +38,10 @@ class GuidanceNet(VGG16Trunk):
         compact widths the two have the same channel count, and edges are then placed at 1/2 resolution).
     gate_kernel: kernel side of the linear conv that outputs the gates (3 as released; 1 makes the widest layer of
         the compact net 9x cheaper).
+    edge_sigma: when set, every gate is multiplied by the colour affinity of the two pixels it joins,
+        exp(-|I_p - I_q|^2 / (2 sigma^2)) on the network's normalised input area-averaged to the gates' size
+        (`colour_affinity`), so propagation stops at colour edges whatever the learned gates say (the bilateral
+        kernel of a dense CRF, as a fixed prior on the gates). Not in the release; no parameters.
     """
 
     def __init__(
@@ -48,8 +53,12 @@ class GuidanceNet(VGG16Trunk):
         batch_norm: bool = False,
         half_skip: bool = False,
         gate_kernel: int = 3,
+        edge_sigma: float | None = None,
     ) -> None:
         super().__init__(width=width, batch_norm=batch_norm)
+        if edge_sigma is not None and edge_sigma <= 0:
+            raise ValueError(f"edge_sigma must be positive, got {edge_sigma}")
+        self.edge_sigma = edge_sigma
         c3, c4, c5 = self.block_channels[2], self.block_channels[3], self.block_channels[4]
         last = scaled(last_channels, width)
         self.channels = channels
@@ -90,7 +99,28 @@ class GuidanceNet(VGG16Trunk):
             h = h + _up(f.conv2_2, h)
         g = self.gates(h)
         n = g.shape[0]
-        return g.view(n, NUM_DIRECTIONS, GATES_PER_DIRECTION, self.channels, *size)
+        g = g.view(n, NUM_DIRECTIONS, GATES_PER_DIRECTION, self.channels, *size)
+        if self.edge_sigma is not None:
+            g = g * colour_affinity(image, size, self.edge_sigma).to(g.dtype)[:, :, :, None]
+        return g
+
+
+def colour_affinity(image: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+    """(N, 3, H, W) image -> (N, 4, 3, h, w) affinities in (0, 1] of each gate's two pixels at `size` (h, w): for
+    direction d and gate k at pixel p, exp(-|I_p - I_q|^2 / (2 sigma^2)) with q the neighbour the gate weighs
+    (the previous column's rows above, level and below, seen from a left-to-right scan; other directions through
+    `oriented`, as the kernels see them). Neighbours outside the map get the affinity to zero; their gates are
+    never used."""
+    small = F.interpolate(image.float(), size=size, mode="area")
+    out = []
+    for code in range(NUM_DIRECTIONS):
+        x = oriented(small, code)
+        prev = F.pad(x, (1, 0))[..., :-1]  # column t-1 seen at column t
+        up = F.pad(prev, (0, 0, 1, 0))[..., :-1, :]  # row r-1 of column t-1, at (r, t)
+        down = F.pad(prev, (0, 0, 0, 1))[..., 1:, :]  # row r+1 of column t-1
+        dist = torch.stack([(x - q).square().sum(1) for q in (up, prev, down)], dim=1)
+        out.append(unoriented(torch.exp(-dist / (2 * sigma**2)), code))
+    return torch.stack(out, dim=1)
 
 
 def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -156,6 +156,7 @@ def spn_universal(
     gate_kernel: int = 3,
     decode_at: Literal["full", "half"] = "full",
     residual: bool = False,
+    edge_sigma: float | None = None,
 ) -> SPNRefiner:
     """The universal refiner: each class map propagated alone with shared weights (1 in, `hidden` channels at half
     resolution, 1 out), the class-agnostic form of the SPN slides. Gates normalised where their magnitudes exceed 1
@@ -167,6 +168,7 @@ def spn_universal(
         batch_norm=guidance_batch_norm,
         half_skip=half_skip,
         gate_kernel=gate_kernel,
+        edge_sigma=edge_sigma,
     )
     return SPNRefiner(
         guidance=guidance,

@@ -182,3 +182,53 @@ def test_class_map_and_present_classes_agree_with_argmax_and_one_hot_on_ties():
         expected = torch.nn.functional.one_hot(scores.argmax(1), 5).flatten(1, 2).amax(1).bool()
         torch.testing.assert_close(present_classes(scores), expected)
     assert present_classes(probs)[1].tolist() == [True, False, False, True, False]
+
+
+def test_colour_affinity_joins_each_gate_to_the_neighbour_the_scan_weighs():
+    from refine_cli.models.guidance import colour_affinity
+
+    h, w, sigma = 5, 6, 0.7
+    image = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    got = colour_affinity(image, (h, w), sigma)[0]  # (4, 3, h, w)
+    # The neighbour gate k of each direction weighs at (i, j), k = 0, 1, 2 (refine_cli.ops.reference's convention).
+    neighbour = {
+        "left_to_right": lambda i, j, k: (i + k - 1, j - 1),
+        "right_to_left": lambda i, j, k: (i + k - 1, j + 1),
+        "top_to_bottom": lambda i, j, k: (i - 1, j + k - 1),
+        "bottom_to_top": lambda i, j, k: (i + 1, j + k - 1),
+    }
+    values = torch.arange(h * w, dtype=torch.float64).view(1, 1, h, w)
+    for name in DIRECTIONS:  # the convention is the kernels': one gate of 1 copies the neighbour it names
+        for k in range(3):
+            gates = torch.zeros(1, 3, 1, h, w, dtype=torch.float64)
+            gates[0, k, 0, 2, 3] = 1
+            copied = propagate(values, gates, name, backend="reference")[0, 0, 2, 3]
+            assert copied == values[0, 0][neighbour[name](2, 3, k)]
+    for d, name in enumerate(DIRECTIONS):
+        for k in range(3):
+            for i in range(h):
+                for j in range(w):
+                    a, b = neighbour[name](i, j, k)
+                    if not (0 <= a < h and 0 <= b < w):
+                        continue  # outside the map: the kernels never use this gate
+                    dist = (image[0, :, i, j] - image[0, :, a, b]).square().sum()
+                    expected = torch.exp(-dist / (2 * sigma**2))
+                    torch.testing.assert_close(got[d, k, i, j], expected, msg=f"{name} gate {k} at {(i, j)}")
+
+
+def test_edge_sigma_gates_are_the_learned_gates_times_the_colour_affinity():
+    from refine_cli.models.guidance import colour_affinity
+
+    torch.manual_seed(0)
+    plain = GuidanceNet(channels=4, width=0.125, batch_norm=True).eval()
+    edged = GuidanceNet(channels=4, width=0.125, batch_norm=True, edge_sigma=0.5).eval()
+    edged.load_state_dict(plain.state_dict())  # no parameters of its own: a plain checkpoint fits
+    image = torch.zeros(1, 3, 32, 32)
+    image[..., 16:] = 2.0  # one vertical colour edge
+    g_plain, g_edged = plain(image), edged(image)
+    torch.testing.assert_close(g_edged, g_plain * colour_affinity(image, (16, 16), 0.5)[:, :, :, None])
+    across = g_edged[:, 0, :, :, :, 8]  # left-to-right gates of the first column past the edge (half resolution)
+    assert across.abs().max() < 1e-3 * g_plain[:, 0, :, :, :, 8].abs().max()
+    torch.testing.assert_close(g_edged[:, 0, :, :, :, 4], g_plain[:, 0, :, :, :, 4])  # flat colour: unchanged
+    with pytest.raises(ValueError, match="edge_sigma"):
+        GuidanceNet(channels=4, edge_sigma=0.0)
