@@ -108,6 +108,17 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
                   workers=args.workers, log_every=args.log_every)
 
 
+def given_checkpoints(items: Sequence[str]) -> list[tuple[str, Path]]:
+    """`--base LABEL=CHECKPOINT` items -> (label, resolved checkpoint path) pairs, a clear error for a malformed one."""
+    pairs = []
+    for item in items:
+        label, sep, ckpt = item.partition("=")
+        if not sep or not label or not ckpt:
+            raise UsageError(f"--base takes LABEL=CHECKPOINT, e.g. fcn8s=weights/synth_fcn8s_compact.pt; got {item!r}")
+        pairs.append((label, weights.resolve(ckpt, download=False)))
+    return pairs
+
+
 def set_threads(threads: int | None) -> None:
     if threads is not None:
         if threads < 1:

@@ -60,15 +60,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _given(items: Sequence[str]) -> list[BaseEntry]:
-    entries = []
-    for item in items:
-        label, sep, ckpt = item.partition("=")
-        if not sep or not label or not ckpt:
-            raise UsageError(f"--base takes LABEL=CHECKPOINT, e.g. fcn8s=weights/synth_fcn8s_compact.pt; got {item!r}")
-        path = weights.resolve(ckpt, download=False)
-        steps = weights.load_checkpoint(path).meta.provenance.get("steps")
-        entries.append(BaseEntry(label, str(path), "given", steps))
-    return entries
+    return [BaseEntry(label, str(path), "given", weights.load_checkpoint(path).meta.provenance.get("steps"))
+            for label, path in common.given_checkpoints(items)]
 
 
 def _train(args: argparse.Namespace, recipe: common.Recipe, which: Sequence[str]) -> tuple[list[BaseEntry], dict]:

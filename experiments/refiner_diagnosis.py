@@ -129,12 +129,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict[str
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be at least 1")
     refiners = [weights.resolve(r, download=False) for r in (args.refiner or [PipelineConfig().refiner])]
-    bases = []
-    for item in args.base if args.base is not None else BUNDLED:
-        label, sep, ckpt = item.partition("=")
-        if not sep or not label or not ckpt:
-            raise UsageError(f"--base takes LABEL=CHECKPOINT, e.g. fcn8s=weights/synth_fcn8s_compact.pt; got {item!r}")
-        bases.append((label, weights.resolve(ckpt, download=False)))
+    bases = common.given_checkpoints(args.base if args.base is not None else BUNDLED)
     val = open_dataset(args.data, split="val")
     n = len(val) if args.limit is None else min(args.limit, len(val))
     samples = [val[i] for i in range(n)]
