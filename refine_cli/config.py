@@ -64,9 +64,10 @@ class AugmentConfig:
     # connections (DeepLab-LargeFOV) while training on one with them (FCN-8s). Not in the release.
     probs_coarsen: float = 1.0
     # Each class map of each crop moved at its boundaries by its own whole number of pixels r, uniform in [-R, R]
-    # (0: off): log p grown (r > 0) or shrunk (r < 0) by a (2|r|+1)-wide max filter, then renormalised. FCN-8s
-    # under-segments, so without this a refiner trained on it learns to grow every region; with regions too large
-    # as often as too small, the image's edges are the only cue to where a boundary belongs. Not in the release.
+    # (0: off): p grown (r > 0) or shrunk (r < 0) by a (2|r|+1)-wide max or min filter, the other classes rescaled
+    # to fill the rest. FCN-8s under-segments, so a refiner trained on it learns to grow regions; with regions too
+    # large as often as too small, only the image's edges say where a boundary belongs. Not in the release; it did
+    # not lift the bundled refiner's gain on a second net (weights/README.md).
     probs_displace: int = 0
 
 

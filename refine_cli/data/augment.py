@@ -211,6 +211,9 @@ def coarsen_probs(probs: torch.Tensor, factor: float) -> torch.Tensor:
     return x[0].to(probs.dtype)
 
 
+PROBS_FLOOR = 1e-6  # probabilities below this are taken as this before re-tempering (log of zero)
+
+
 def displace_probs(probs: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
     """(K, H, W) probabilities with class k's region grown by radii[k] pixels (shrunk where negative), one class
     after the other: p_k max-filtered over a (2r+1) square (min-filtered for r < 0), and the other classes
@@ -228,9 +231,6 @@ def displace_probs(probs: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
         rest = rest / rest.sum(0, keepdim=True) * (1 - moved)
         out = torch.cat([rest[:k], moved[None], rest[k:]])
     return out.to(probs.dtype)
-
-
-PROBS_FLOOR = 1e-6  # probabilities below this are taken as this before re-tempering (log of zero)
 
 
 def refiner_crops(

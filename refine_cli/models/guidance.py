@@ -109,8 +109,8 @@ def colour_affinity(image: torch.Tensor, size: tuple[int, int], sigma: float) ->
     """(N, 3, H, W) image -> (N, 4, 3, h, w) affinities in (0, 1] of each gate's two pixels at `size` (h, w): for
     direction d and gate k at pixel p, exp(-|I_p - I_q|^2 / (2 sigma^2)) with q the neighbour the gate weighs
     (the previous column's rows above, level and below, seen from a left-to-right scan; other directions through
-    `oriented`, as the kernels see them). Neighbours outside the map get the affinity to zero; their gates are
-    never used."""
+    `oriented`, as the kernels see them). A neighbour outside the map counts as a zero pixel; the kernels never use
+    its gate."""
     small = F.interpolate(image.float(), size=size, mode="area")
     out = []
     for code in range(NUM_DIRECTIONS):
