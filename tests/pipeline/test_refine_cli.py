@@ -172,13 +172,16 @@ def test_a_killed_run_resumes_without_corrupt_outputs(nets, tmp_path: Path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list((out / "masks").glob("*.png"))) < 3:
+    def finished_masks() -> list[Path]:  # under their final names: a write in flight is a hidden .part.png
+        return [p for p in (out / "masks").glob("*.png") if not p.name.startswith(".")]
+
+    while time.monotonic() < deadline and len(finished_masks()) < 3:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up
     proc.wait()
-    done_before = {p.name for p in (out / "masks").glob("*.png")}
+    done_before = {p.name for p in finished_masks()}
     assert 3 <= len(done_before) < 40, "the run should have been killed part-way"
-    for p in (out / "masks").glob("*.png"):  # every file that exists under its final name is complete
+    for p in finished_masks():  # every file that exists under its final name is complete
         Image.open(p).load()
     result = subprocess.run(cmd + ["--json", "-"], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
