@@ -204,7 +204,7 @@ class LoopConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which dataset a run trains on: root folder, layout ("voc", "helen", "folders"), the training split, an
+    """Which dataset a run trains on: root folder, layout ("voc", "helen", "folders", "camvid", "davis"), the training split, an
     optional validation split, and whether pairs that fail `refine_cli.data.validate` are dropped."""
 
     root: str = ""

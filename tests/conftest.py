@@ -37,3 +37,20 @@ def import_torchvision() -> ModuleType:
 def tv() -> ModuleType:
     """The torchvision module (skips the test where it is not importable)."""
     return import_torchvision()
+
+
+REAL_DATA_ENV = "REFINE_CLI_REAL_DATA"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> "Path":
+    """The real photographs, masks and pretrained files beside the checkout (`../shared/real`, or the folder named
+    by REFINE_CLI_REAL_DATA). Tests on real data never skip: a missing folder fails them, naming where it looked."""
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get(REAL_DATA_ENV) or Path(__file__).resolve().parents[1].parent / "shared" / "real")
+    assert (root / "camvid").is_dir() and (root / "davis").is_dir() and (root / "weights").is_dir(), (
+        f"the real data are not at {root}: put shared/real beside the checkout or set {REAL_DATA_ENV}"
+    )
+    return root

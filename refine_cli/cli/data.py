@@ -32,6 +32,8 @@ class DatasetFormat(str, Enum):
     voc = "voc"
     helen = "helen"
     folders = "folders"
+    camvid = "camvid"
+    davis = "davis"
 
 
 def _progress() -> Progress:

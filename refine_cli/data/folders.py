@@ -43,8 +43,8 @@ class FolderDataset(SegmentationDataset):
         if isinstance(classes, (str, Path)):
             classes, file_palette = read_classes_file(Path(classes))
             palette = palette or file_palette
-        image_files, problems = _by_stem(images, IMAGE_SUFFIXES)
-        mask_files, mask_problems = _by_stem(masks, MASK_SUFFIXES)
+        image_files, problems = index_by_stem(images, IMAGE_SUFFIXES)
+        mask_files, mask_problems = index_by_stem(masks, MASK_SUFFIXES)
         problems += mask_problems
         pairs = []
         for stem, image in image_files.items():
@@ -75,7 +75,7 @@ class FolderDataset(SegmentationDataset):
         return cls(root / "images", root / "masks", classes=classes, probs_cache=probs_cache)
 
 
-def _by_stem(folder: Path, suffixes: tuple[str, ...]) -> tuple[dict[str, Path], list[Problem]]:
+def index_by_stem(folder: Path, suffixes: tuple[str, ...]) -> tuple[dict[str, Path], list[Problem]]:
     found: dict[str, Path] = {}
     problems = []
     for path in sorted(folder.iterdir()):

@@ -8,6 +8,8 @@ from types import MappingProxyType
 
 from refine_cli.data.base import SegmentationDataset
 from refine_cli.data.cache import ProbsCache
+from refine_cli.data.camvid import CamVid
+from refine_cli.data.davis import DAVIS
 from refine_cli.data.folders import FolderDataset
 from refine_cli.data.helen import HelenFaces
 from refine_cli.data.voc import VOCSegmentation
@@ -26,6 +28,8 @@ FORMATS: MappingProxyType[str, Opener] = MappingProxyType({
     "voc": lambda root, split, cache: VOCSegmentation(root, split, probs_cache=cache),
     "helen": lambda root, split, cache: HelenFaces(root, split, probs_cache=cache),
     "folders": _folders,
+    "camvid": lambda root, split, cache: CamVid(root, split, probs_cache=cache),
+    "davis": lambda root, split, cache: DAVIS(root, split, probs_cache=cache),
 })
 
 
@@ -36,7 +40,8 @@ def open_dataset(
     split: str = "train",
     probs_cache: ProbsCache | str | Path | None = None,
 ) -> SegmentationDataset:
-    """The dataset at `root` in layout `format` ("voc" (also the synthetic world), "helen", "folders")."""
+    """The dataset at `root` in layout `format` ("voc" (also the synthetic world), "helen", "folders",
+    "camvid", "davis")."""
     opener = FORMATS.get(format)
     if opener is None:
         raise UnknownNameError("dataset format", format, list(FORMATS))
