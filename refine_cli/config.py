@@ -72,6 +72,43 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class PerturbConfig:
+    """Coarse masks made from ground truth (`refine_cli.data.perturb`) for refiner training: each error kind with
+    its chance and size. Ranges are (low, high), drawn uniformly (`stride` log-uniformly); sizes in pixels of the
+    map perturbed, radii of blobs as a fraction of its shorter side."""
+
+    warp_p: float = 0.5
+    warp_px: float = 6.0  # largest border displacement
+    warp_scale: tuple[float, float] = (16.0, 48.0)  # side of the displacement field's cells
+    morph_p: float = 0.5
+    morph_px: int = 4  # each class grown or shrunk by up to this
+    blobs: tuple[int, int] = (0, 2)  # holes and spurious blobs per map, inclusive
+    blob_radius: tuple[float, float] = (0.02, 0.10)
+    confuse_p: float = 0.2  # part of one class's region given another present class
+    confuse_radius: tuple[float, float] = (0.1, 0.3)
+    stride_p: float = 0.8
+    stride: tuple[float, float] = (4.0, 24.0)  # blurred like the output of a network of this stride
+    blocky_p: float = 0.3  # share of those upsampled by pixel replication instead of bilinearly
+    hard_p: float = 0.5  # share of one-hot results (masks made elsewhere); the others stay probabilities
+    confidence: tuple[float, float] = (0.7, 1.0)  # soft results mixed with the uniform distribution by 1 - this
+
+
+@dataclass(frozen=True)
+class WorkingCropConfig:
+    """Refiner training crops at the resolution the refiner runs at (`refine_cli.data.working_crops`): images scaled
+    so their long side is `side` (the pipeline's refiner side) times a random zoom, `size` x `size` crops redrawn
+    (up to `max_tries` times) while they hold fewer than `min_labels` labels, at most `max_classes` class maps each."""
+
+    size: int = 160
+    side: int = 320
+    zoom: tuple[float, float] = (0.7, 1.4)
+    min_labels: int = 2
+    max_tries: int = 10
+    max_classes: int = 4
+    flip: bool = True
+
+
+@dataclass(frozen=True)
 class CropConfig:
     """Training crops as released: 10 random 128x128 crops per image, redrawn (up to 10 times) while a crop
     holds fewer than 2 labels."""
