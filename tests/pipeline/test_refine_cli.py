@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -203,3 +204,35 @@ def test_failure_table_shows_names_with_brackets_verbatim(nets, tmp_path: Path):
                                  "--refiner", str(nets["refiner"]), "--device", "cpu", "--no-overlay"])
     assert result.exit_code == 1
     assert "[draft]b.jpg" in "".join(result.output.split())  # the table may fold a long path over lines
+
+
+def _one_image(tmp_path: Path) -> Path:
+    path = tmp_path / "x.png"
+    Image.fromarray(_rgb(16, 16)).save(path)
+    return path
+
+
+def _nets(nets) -> list[str]:
+    return ["--base", str(nets["base"]), "--refiner", str(nets["refiner"]), "--device", "cpu"]
+
+
+def test_a_missing_checkpoint_path_is_a_usage_error(tmp_path: Path):
+    image = _one_image(tmp_path)
+    for name in (str(tmp_path / "nope.pt"), "no_such_network"):
+        result = runner.invoke(app, ["refine", str(image), "--out", str(tmp_path / "o"), "--base", name])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith("error:") and "Traceback" not in result.output
+
+
+def test_non_finite_weights_are_refused_not_turned_into_zero_masks(nets, tmp_path: Path):
+    d = torch.load(nets["base"], weights_only=True)
+    d["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                       for k, v in d["state_dict"].items()}
+    nan_base = tmp_path / "nan_base.pt"
+    torch.save(d, nan_base)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["refine", str(_one_image(tmp_path)), "--out", str(out), "--base", str(nan_base),
+                                 "--refiner", str(nets["refiner"]), "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    assert "nan_base.pt is unusable" in result.stderr and "NaN or infinite" in result.stderr
+    assert not (out / "masks").exists()
