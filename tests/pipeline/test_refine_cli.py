@@ -236,3 +236,14 @@ def test_non_finite_weights_are_refused_not_turned_into_zero_masks(nets, tmp_pat
     assert result.exit_code == 1, result.output
     assert "nan_base.pt is unusable" in result.stderr and "NaN or infinite" in result.stderr
     assert not (out / "masks").exists()
+
+
+def test_ctrl_c_during_start_up_prints_no_traceback(nets, tmp_path: Path):
+    cmd = [sys.executable, "-m", "refine_cli", "refine", str(_one_image(tmp_path)), "--out", str(tmp_path / "out"),
+           *_nets(nets)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # importing torch takes seconds
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted"
