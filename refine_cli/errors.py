@@ -1,7 +1,8 @@
 """Domain errors. Raised deep in the library, translated once at the CLI edge into one red line.
 
 Every message says what went wrong *and* what to do next. `exit_code` follows the CLI convention:
-1 for a failed run (bad file, bad checkpoint, failed download), 2 for a usage error.
+1 for a failed run (bad file, bad checkpoint, failed download), 2 for a usage error: anything wrong in the
+command itself, such as a name, path, split or folder that does not exist or cannot be used.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class WeightsError(RefineError):
     """A checkpoint cannot be used: missing, corrupt, wrong format, wrong keys or shapes."""
 
 
+class WeightsNotFoundError(WeightsError, UsageError):
+    """A checkpoint path given in the command is not there (a usage error)."""
+
+
 class ChecksumError(WeightsError):
     """A file's sha256 does not match the expected one."""
 
@@ -52,6 +57,10 @@ class InputError(RefineError):
 
 class DataError(RefineError):
     """A dataset is missing files or holds pairs that do not fit (reported before training starts)."""
+
+
+class DatasetNotFoundError(DataError, UsageError):
+    """The dataset folder, split or list named in the command is not there (a usage error)."""
 
 
 class TrainingError(RefineError):

@@ -6,8 +6,10 @@ atomic temp-file-and-rename that every writer goes through. Never touches models
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
+import re
 import secrets
 import struct
 import warnings
@@ -158,6 +160,15 @@ def safe_output_path(out_dir: Path, relative: PurePosixPath, suffix: str) -> Pat
 
 # --------------------------------------------------------------------------------------------- atomic writes
 
+_TEMP_TOKEN_BYTES = 6
+# The name `atomic_path` gives its temporary files: '.<stem>.<12 hex digits>.part<suffix>'.
+_TEMP_NAME = re.compile(rf"\..*\.[0-9a-f]{{{2 * _TEMP_TOKEN_BYTES}}}\.part(\.[^.]*)?")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a file name is one `atomic_path` gives its temporary files (a killed writer leaves such files)."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -168,7 +179,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     Atomic against a crashing process, not against power loss (no fsync)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(6)}.part{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.part{path.suffix}")
     try:
         yield tmp
         if not tmp.exists():
@@ -187,6 +198,51 @@ def atomic_write(path: str | Path, writer: Callable[[BinaryIO], None], *, durabl
         if durable:
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def os_reason(exc: OSError) -> str:
+    """Why a write failed, in words (errno names are for programmers)."""
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "permission denied or a read-only file system"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return "a part of the path is a file, not a folder"
+    return exc.strerror or type(exc).__name__
+
+
+def _write_test(folder: Path) -> str | None:
+    """Create `folder` (and its parents) if needed, then write and delete a small file in it; why that failed, or
+    None."""
+    probe = folder / f".write-test.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.part"  # a temp name: stale ones get removed
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "xb") as handle:
+            handle.write(b"refine-cli write test\n")
+        probe.unlink()
+    except OSError as exc:
+        return os_reason(exc)
+    return None
+
+
+def check_writable_folder(folder: str | Path, what: str) -> Path:
+    """`folder`, created if needed, once a file was written there and deleted; a folder that cannot take files
+    (read-only, under a file, no permission) is a UsageError naming `what`, found before any work starts."""
+    folder = Path(folder)
+    problem = _write_test(folder)
+    if problem:
+        raise UsageError(f"cannot write into {what} {folder}: {problem}; choose a folder you can write to")
+    return folder
+
+
+def check_writable_file(path: str | Path, what: str) -> Path:
+    """`path`, once a file was written and deleted beside it (its folder created if needed), so `atomic_write` can
+    create or replace it later; a folder or an unwritable place is a UsageError naming `what`."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder; give a file name, e.g. {path / 'summary.json'}")
+    problem = _write_test(path.parent)
+    if problem:
+        raise UsageError(f"cannot write {what} {path}: {problem}; choose another path")
+    return path
 
 
 # --------------------------------------------------------------------------------------------- reading

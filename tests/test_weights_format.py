@@ -4,6 +4,10 @@ clear WeightsError, and building a model through the registry with strict key/sh
 from __future__ import annotations
 
 import argparse
+import math
+import pickle
+import re
+import warnings
 from types import MappingProxyType
 
 import pytest
@@ -153,6 +157,57 @@ def test_truncated_file(tmp_path, legacy):
     with pytest.raises(WeightsError, match="truncated or corrupt") as info:
         load_checkpoint(path)
     assert "\n" not in str(info.value)
+
+
+def test_a_truncated_checkpoint_message_is_not_cut_mid_word(tmp_path, monkeypatch):
+    path = tmp_path / "w.pt"
+    torch.save(make_ckpt().to_dict(), path)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+    def wordy_load(*args, **kwargs):  # torch's zip reader explains itself at this length
+        raise RuntimeError("the reader " + "failed again " * 20 + "at the end. A second sentence.")
+
+    monkeypatch.setattr(torch, "load", wordy_load)
+    with pytest.raises(WeightsError) as info:
+        load_checkpoint(path)
+    reason = _quoted_reason(str(info.value))
+    assert reason.endswith("again ...") and len(reason) <= 124, reason  # whole words, then "..."
+
+
+def _quoted_reason(message: str) -> str:
+    found = re.fullmatch(r".* is truncated or corrupt \((.*)\); download or copy it again", message)
+    assert found, message
+    return found.group(1)
+
+
+def test_a_raw_pickle_is_refused_without_torch_warnings(tmp_path):
+    path = tmp_path / "raw.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"opts": argparse.Namespace(lr=0.1)}, f)  # not torch.save: a newer pickle protocol
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(WeightsError, match="arbitrary Python objects"):
+            load_checkpoint(path)
+    assert [str(w.message) for w in caught] == []
+
+
+def test_non_finite_weights_are_refused_when_loading_and_saving(tmp_path):
+    ckpt = make_ckpt()
+    d = ckpt.to_dict()
+    d["state_dict"] = {**d["state_dict"], "conv.weight": torch.full_like(d["state_dict"]["conv.weight"], math.nan)}
+    path = tmp_path / "nan.pt"
+    torch.save(d, path)  # as a diverged run or a damaged copy could have written it
+    with pytest.raises(WeightsError, match=r"nan\.pt is unusable: 1 of \d+ tensors hold NaN or infinite values, "
+                                         r"first conv\.weight"):
+        load_checkpoint(path)
+    assert load_checkpoint(path, check_values=False).arch == "tiny_seg"  # a look at the metadata still works
+    with pytest.raises(WeightsError, match="not writing"):
+        save_checkpoint(tmp_path / "again.pt", Checkpoint.from_dict(d))
+    huge = make_ckpt()
+    huge.state_dict["conv.weight"][0] = 1e6  # beyond float16: infinite once stored in half precision
+    with pytest.raises(WeightsError, match="first conv.weight"):
+        save_checkpoint(tmp_path / "half.pt", huge, half=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.pt"]
 
 
 def test_arbitrary_objects_are_refused(tmp_path):

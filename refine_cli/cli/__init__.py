@@ -1,39 +1,26 @@
-"""The `refine-cli` command: a thin Typer app; every command calls the library and renders with Rich."""
+"""The `refine-cli` command. The Typer app is `refine_cli.cli.root`; this module imports nothing heavy, so Ctrl-C
+in the seconds that importing torch takes ends the command with one line instead of a traceback."""
 
 from __future__ import annotations
 
-import typer
+import sys
+from typing import Any
 
-from refine_cli.cli.bench import app as bench_app
-from refine_cli.cli.data import app as data_app
-from refine_cli.cli.evaluate import evaluate_command
-from refine_cli.cli.refine import refine, segment
-from refine_cli.cli.train import app as train_app
-from refine_cli.cli.weights import weights_app
-
-app = typer.Typer(
-    name="refine-cli",
-    help="Sharper segmentation masks: a base segmenter plus a learned spatial propagation refiner.",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
-    add_completion=False,
-)
-
-RUN, MEASURE, LEARN = "Refine", "Measure", "Train and manage"
-app.command(rich_help_panel=RUN)(refine)
-app.command(rich_help_panel=RUN)(segment)
-app.command("evaluate", rich_help_panel=MEASURE)(evaluate_command)
-app.add_typer(bench_app, name="bench", rich_help_panel=MEASURE)
-app.add_typer(train_app, name="train", rich_help_panel=LEARN)
-app.add_typer(data_app, name="data", rich_help_panel=LEARN)
-app.add_typer(weights_app, name="weights", rich_help_panel=LEARN,
-              help="List, download, import, verify and inspect checkpoints.")
-
-
-@app.callback()
-def _root() -> None:
-    """Sharper segmentation masks: a base segmenter plus a learned spatial propagation refiner."""
+INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
 
 
 def main() -> None:
+    try:
+        from refine_cli.cli.root import app  # torch, the networks, Rich: seconds on a cold start
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
     app()
+
+
+def __getattr__(name: str) -> Any:  # `from refine_cli.cli import app`, loaded when asked for
+    if name == "app":
+        from refine_cli.cli.root import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

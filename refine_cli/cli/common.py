@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from refine_cli.cli import INTERRUPTED
 from refine_cli.errors import RefineError
 
 console = Console()
@@ -33,9 +34,13 @@ def refiner_side(value: int | None) -> int | None | Literal["auto"]:
 
 @contextlib.contextmanager
 def cli_errors() -> Iterator[None]:
-    """Translate a `RefineError` into one red line on stderr and its exit code."""
+    """Translate a `RefineError` into one red line on stderr and its exit code, and Ctrl-C into one line and 130
+    (Click would print "Aborted!" and exit 1)."""
     try:
         yield
     except RefineError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("[bold yellow]interrupted[/]", highlight=False)
+        raise typer.Exit(INTERRUPTED) from None

@@ -1,5 +1,6 @@
 """`refine-cli refine` and `refine-cli segment`: folder runs through `Refiner`, with a Rich progress bar and a
-summary table. Exit codes: 0 all files done (or already done), 1 some failed, 2 usage error, 130 interrupted."""
+summary table. Exit codes: 0 all files done (or already done), 1 some failed (0 under torchrun, see `_exit_code`),
+2 usage error, 130 interrupted (after the summary so far)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from rich.table import Table
 from rich.text import Text
 
 from refine_cli import io
+from refine_cli.cli import INTERRUPTED
 from refine_cli.cli.common import cli_errors, console, err_console, refiner_side, refiner_side_option
 from refine_cli.config import PipelineConfig
 from refine_cli.ops import available_backends
-from refine_cli.pipeline import FolderOptions, FolderSummary, Refiner
-from refine_cli.pipeline.distributed import Shard, gather_summaries, shard_from_env
+from refine_cli.pipeline import FileEvent, FolderOptions, FolderSummary, Refiner
+from refine_cli.pipeline.distributed import Shard, StoppedByRankZero, claim_for_run, gather_summaries, shard_from_env
+from refine_cli.pipeline.folder import drain_interrupted
 
 DEFAULT = PipelineConfig()
 MODELS, OUTPUTS, RUN = "Networks", "Outputs", "Execution"
@@ -94,68 +97,100 @@ def _run(
 ) -> None:
     view: Console = err_console if json_out == "-" else console
     summary = FolderSummary()
-    interrupted = False
     with cli_errors():
         shard: Shard | None = shard_from_env(device)
-        items = io.list_inputs(inputs)
-        model = Refiner(
-            base=None if masks is not None else base,
-            refiner=refiner,
-            device=shard.device if shard is not None else device,
-            batch_size=batch_size,
-            precision=precision,  # type: ignore[arg-type]
-            max_side=max_side,
-            refiner_side=refiner_side(side),
-            compile=compile,
-            workers=workers,
-        )
-        summary.device = model.describe_device()
-        where = f" (rank {shard.rank} of {shard.world})" if shard is not None else ""
-        view.print(f"[bold]device[/]: {summary.device}{where}", highlight=False)
-        if model.refiner is not None:
-            with view.status("preparing the propagation kernels (the C++ one is compiled on first use, ~20 s)"):
-                available_backends(model.device)
-        events = model.refine_items(
-            items, out, masks_dir=masks, num_classes=num_classes,
-            options=FolderOptions(overwrite=overwrite, overlay=overlay, save_probs=save_probs, save_coarse=save_coarse),
-            shard=(shard.rank, shard.world) if shard is not None else None,
-        )
-        total = len(items[shard.rank :: shard.world]) if shard is not None else len(items)
-        start = time.perf_counter()
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Speed(),
-                   TimeRemainingColumn())
-        with Progress(*columns, console=view, transient=True, disable=shard is not None and shard.rank != 0) as bar:
-            task = bar.add_task("refining" if model.refiner is not None else "segmenting", total=total)
-            try:
-                for event in events:
-                    summary.add(event)
-                    # Skipped files cost nothing: they stay out of the speed estimate.
-                    if event.status == "skipped":
-                        bar.update(task, total=bar.tasks[0].total - 1)
-                    else:
-                        bar.advance(task)
-            except KeyboardInterrupt:
-                interrupted = True
-        summary.seconds = time.perf_counter() - start
-        if shard is not None:
-            summary = gather_summaries(summary)
-            if shard.rank != 0:
-                raise typer.Exit(1 if summary.failed else 0)
-    title = "Interrupted: summary so far" if interrupted else "Summary"
+        json_path = None if json_out in (None, "-") else io.check_writable_file(json_out, "--json")
+        try:
+            items = io.list_inputs(inputs)
+            with claim_for_run(out, shard, "--out"):
+                try:
+                    model = Refiner(
+                        base=None if masks is not None else base,
+                        refiner=refiner,
+                        device=shard.device if shard is not None else device,
+                        batch_size=batch_size,
+                        precision=precision,  # type: ignore[arg-type]
+                        max_side=max_side,
+                        refiner_side=refiner_side(side),
+                        compile=compile,
+                        workers=workers,
+                    )
+                    options = FolderOptions(overwrite=overwrite, overlay=overlay, save_probs=save_probs,
+                                            save_coarse=save_coarse)
+                    _refine_all(model, items, out, summary, view, shard, masks=masks, num_classes=num_classes,
+                                options=options)
+                except KeyboardInterrupt:
+                    summary.interrupted = True
+                if shard is not None:  # every rank is done writing when this returns: only then is the claim let go
+                    summary = gather_summaries(summary)
+        except StoppedByRankZero as exc:
+            raise typer.Exit(exc.exit_code) from None  # rank 0 reports the reason
+        except KeyboardInterrupt:
+            summary.interrupted = True
+    if shard is not None and shard.rank != 0:
+        raise typer.Exit(_exit_code(summary, shard))
+    title = "Interrupted: summary so far" if summary.interrupted else "Summary"
     view.print(_summary_table(summary, title))
     if summary.failed:
         view.print(_failures_table(summary))
+        if shard is not None and not summary.interrupted:
+            err_console.print(f"[bold red]{len(summary.failed)} file(s) failed[/] (listed above and under \"failed\" "
+                              "in --json); the exit status stays 0 under torchrun, which reports any other as a "
+                              "crash", highlight=False, soft_wrap=True)
     if json_out is not None:
         text = json.dumps(summary.to_dict(), indent=1)
-        if json_out == "-":
+        if json_path is None:
             typer.echo(text)
         else:
             with cli_errors():
-                io.atomic_write(Path(json_out), lambda f: f.write(text.encode()))
-    if interrupted:
-        raise typer.Exit(130)
-    if summary.failed:
-        raise typer.Exit(1)
+                io.atomic_write(json_path, lambda f: f.write(text.encode()))
+    raise typer.Exit(_exit_code(summary, shard))
+
+
+def _exit_code(summary: FolderSummary, shard: Shard | None) -> int:
+    """130 after Ctrl-C; 1 when files failed, except under torchrun (every rank gives the same code there, and any
+    but 0 makes torchrun print a crash report after the summary); else 0."""
+    if summary.interrupted:
+        return INTERRUPTED
+    return 1 if summary.failed and shard is None else 0
+
+
+def _refine_all(
+    model: Refiner, items: list[io.InputItem], out: Path, summary: FolderSummary, view: Console, shard: Shard | None,
+    *, masks: Path | None, num_classes: int | None, options: FolderOptions,
+) -> None:
+    """Run `items` through `model` into `out`, adding every file's outcome to `summary` (after Ctrl-C too: the
+    writes already started finish and count)."""
+    summary.device = model.describe_device()
+    where = f" (rank {shard.rank} of {shard.world})" if shard is not None else ""
+    view.print(f"[bold]device[/]: {summary.device}{where}", highlight=False)
+    if model.refiner is not None:
+        with view.status("preparing the propagation kernels (the C++ one is compiled on first use, ~20 s)"):
+            available_backends(model.device)
+    events = model.refine_items(items, out, masks_dir=masks, num_classes=num_classes, options=options,
+                                shard=(shard.rank, shard.world) if shard is not None else None)
+    total = len(items[shard.rank :: shard.world]) if shard is not None else len(items)
+    start = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Speed(), TimeRemainingColumn())
+    with Progress(*columns, console=view, transient=True, disable=shard is not None and shard.rank != 0) as bar:
+        task = bar.add_task("refining" if model.refiner is not None else "segmenting", total=total)
+
+        def record(event: FileEvent) -> None:
+            summary.add(event)
+            if event.status == "skipped":  # skipped files cost nothing: they stay out of the speed estimate
+                bar.update(task, total=bar.tasks[0].total - 1)
+            else:
+                bar.advance(task)
+
+        try:
+            for event in events:
+                record(event)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            for event in drain_interrupted(events):
+                record(event)
+        finally:
+            summary.seconds = time.perf_counter() - start
 
 
 def refine(

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from refine_cli import models
+from refine_cli.cli import INTERRUPTED
 from refine_cli.cli.common import cli_errors, console, err_console
 from refine_cli.cli.data import DatasetFormat
 from refine_cli.config import (
@@ -240,20 +241,20 @@ def _summary(result: TrainResult) -> None:
 
 
 def _run(train: Any, config: Any, out: Path, resume: bool, overwrite: bool) -> None:
-    try:
-        with cli_errors():
+    with cli_errors():
+        try:
             if _is_main_process():
                 with _Renderer() as render:
                     result = train(config, out, resume=resume, overwrite=overwrite, on_event=render)
             else:
                 result = train(config, out, resume=resume, overwrite=overwrite)
-    except KeyboardInterrupt:
-        if _is_main_process():
-            last = out / "last.pt"
-            what = (f"{last} holds the last checkpoint; run the same command with --resume to continue"
-                    if last.is_file() else "no checkpoint was written yet")
-            err_console.print(f"[bold yellow]interrupted:[/] {escape(what)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+        except KeyboardInterrupt:
+            if _is_main_process():
+                last = out / "last.pt"
+                what = (f"{last} holds the last checkpoint; run the same command with --resume to continue"
+                        if last.is_file() else "no checkpoint was written yet")
+                err_console.print(f"[bold yellow]interrupted:[/] {escape(what)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(INTERRUPTED) from None
     _summary(result)
 
 

@@ -76,14 +76,33 @@ def list_cmd(cache_dir: CacheDir = None, as_json: AsJson = False) -> None:
         rows = [{**e.__dict__, "path": str(e.path) if e.path else None} for e in entries]
         console.print_json(json.dumps(rows))
         return
-    table = Table(title="refine-cli weights", box=box.SIMPLE_HEAD)
-    table.add_column("name", no_wrap=True)  # names are what the user types next: never cut them
-    for col in ("where", "arch", "kind", "classes", "size", "status"):
-        table.add_column(col, justify="right" if col in ("classes", "size") else "left")
-    for e in entries:
-        table.add_row(escape(e.name), escape(e.where), e.arch or "-", e.kind or "-",
-                      _classes(e), _size(e.size), _status(e.status))
+    table = _weights_table(entries, arch=True)
+    if console.measure(table, options=console.options.update_width(_UNBOUNDED)).minimum > console.width:
+        table = _weights_table(entries, arch=False)  # a narrow terminal: `weights info NAME` names the arch
     console.print(table)
+
+
+_UNBOUNDED = 10_000  # columns: measures a table's natural width
+
+
+def _weights_table(entries: list[weights.WeightsEntry], *, arch: bool) -> Table:
+    """Names, place, kind, classes, size and status are never cut; only the status text wraps. Without `arch`, the
+    columns sit one space apart, so the table fits 80 columns."""
+    spacing = {} if arch else {"padding": (0, 0), "show_edge": False}
+    table = Table(title="refine-cli weights", box=box.SIMPLE_HEAD, **spacing)  # type: ignore[arg-type]
+    table.add_column("name", no_wrap=True)  # names are what the user types next
+    table.add_column("where", no_wrap=True)
+    if arch:
+        table.add_column("arch", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("classes", justify="right", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("status", min_width=len("downloaded"))
+    for e in entries:
+        cells = [escape(e.name), escape(e.where), *([e.arch or "-"] if arch else []), e.kind or "-", _classes(e),
+                 _size(e.size), _status(e.status)]
+        table.add_row(*cells)
+    return table
 
 
 @weights_app.command("fetch")
@@ -141,7 +160,8 @@ def verify_cmd(
     cache_dir: CacheDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Check sha256 sums against the manifest, load each checkpoint and build its network; exit 1 on a failure."""
+    """Check sha256 sums against the manifest, load each checkpoint and build its network; exit 1 on a failure, 2
+    when a name or path names nothing."""
     with cli_errors():
         results = weights.verify(targets or (), cache_dir=cache_dir)
     if as_json:
@@ -156,6 +176,8 @@ def verify_cmd(
             table.add_row(r.name, escape(str(r.path)) if r.path else "-", "[green]OK[/]" if r.ok else "[red]FAILED[/]",
                           escape(r.detail))
         console.print(table)
+    if not all(r.known for r in results):
+        raise typer.Exit(2)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
 
@@ -183,7 +205,7 @@ def info_cmd(
             info = _remote_info(rf, cache_dir)  # not converted (or a trunk): the catalog's entry, no download
         else:
             path = weights.resolve(target, cache_dir=cache_dir, download=False)
-            ckpt = weights.load_checkpoint(path, mmap=True)
+            ckpt = weights.load_checkpoint(path, mmap=True, check_values=False)
             info = {"name": target, "file": str(path), "size": path.stat().st_size, "arch": ckpt.arch,
                     "arch_args": dict(ckpt.arch_args), "kind": ckpt.kind, "parameters": ckpt.num_parameters,
                     "classes": list(ckpt.meta.classes), "preprocess": ckpt.meta.preprocess.to_dict(),

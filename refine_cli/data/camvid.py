@@ -10,7 +10,7 @@ import numpy as np
 from refine_cli.data.base import Pair, SegmentationDataset, read_classes_file
 from refine_cli.data.cache import ProbsCache
 from refine_cli.data.folders import MASK_SUFFIXES, index_by_stem
-from refine_cli.errors import DataError
+from refine_cli.errors import DatasetNotFoundError
 from refine_cli.io import IMAGE_SUFFIXES
 from refine_cli.labels import IGNORE_INDEX
 
@@ -36,8 +36,8 @@ class CamVid(SegmentationDataset):
         images, masks = root / split / "images", root / split / "masks"
         if not images.is_dir() or not masks.is_dir():
             splits = sorted(p.name for p in root.iterdir() if (p / "images").is_dir()) if root.is_dir() else []
-            raise DataError(f"no CamVid split '{split}' under {root}: it needs {split}/images and {split}/masks "
-                            f"(splits there: {', '.join(splits) or 'none'})")
+            raise DatasetNotFoundError(f"no CamVid split '{split}' under {root}: it needs {split}/images and "
+                                       f"{split}/masks (splits there: {', '.join(splits) or 'none'})")
         classes: list[str] = list(CAMVID_CLASSES)
         palette = list(CAMVID_PALETTE)
         if (root / "classes.txt").is_file():

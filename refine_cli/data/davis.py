@@ -8,7 +8,7 @@ from pathlib import Path
 from refine_cli.data.base import Pair, Problem, SegmentationDataset
 from refine_cli.data.cache import ProbsCache
 from refine_cli.data.folders import MASK_SUFFIXES, index_by_stem
-from refine_cli.errors import DataError
+from refine_cli.errors import DatasetNotFoundError
 from refine_cli.io import IMAGE_SUFFIXES
 
 DAVIS_CLASSES: tuple[str, ...] = ("background", "object")
@@ -29,7 +29,7 @@ class DAVIS(SegmentationDataset):
         root = Path(root).expanduser()
         images, masks = root / "images", root / "masks"
         if not images.is_dir() or not masks.is_dir():
-            raise DataError(f"{root} is no DAVIS folder: it needs images/<sequence>/ and masks/<sequence>/")
+            raise DatasetNotFoundError(f"{root} is no DAVIS folder: it needs images/<sequence>/ and masks/<sequence>/")
         sequences = sorted(p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith("."))
         chosen = self.sequences_of(split, sequences, root)
         pairs: list[Pair] = []
@@ -56,6 +56,6 @@ class DAVIS(SegmentationDataset):
         named = [s.strip() for s in split.split(",") if s.strip()]
         unknown = [s for s in named if s not in sequences]
         if unknown or not named:
-            raise DataError(f"no DAVIS sequence {', '.join(unknown) or repr(split)} under {root}; splits are train, "
-                            f"val, all or sequence names ({', '.join(sequences)})")
+            raise DatasetNotFoundError(f"no DAVIS sequence {', '.join(unknown) or repr(split)} under {root}; splits "
+                                       f"are train, val, all or sequence names ({', '.join(sequences)})")
         return named

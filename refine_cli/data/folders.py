@@ -7,7 +7,7 @@ from pathlib import Path
 
 from refine_cli.data.base import Color, Pair, Problem, SegmentationDataset, read_classes_file
 from refine_cli.data.cache import ProbsCache
-from refine_cli.errors import DataError
+from refine_cli.errors import DataError, DatasetNotFoundError
 from refine_cli.io import IMAGE_SUFFIXES
 
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
@@ -39,7 +39,7 @@ class FolderDataset(SegmentationDataset):
         images, masks = Path(images).expanduser(), Path(masks).expanduser()
         for folder, what in ((images, "images"), (masks, "masks")):
             if not folder.is_dir():
-                raise DataError(f"the {what} folder {folder} does not exist")
+                raise DatasetNotFoundError(f"the {what} folder {folder} does not exist")
         if isinstance(classes, (str, Path)):
             classes, file_palette = read_classes_file(Path(classes))
             palette = palette or file_palette

@@ -11,7 +11,7 @@ from PIL import Image
 
 from refine_cli.data.base import Pair, Problem, SegmentationDataset, read_split_file
 from refine_cli.data.cache import ProbsCache
-from refine_cli.errors import DataError, InputError
+from refine_cli.errors import DatasetNotFoundError, InputError
 from refine_cli.io import IMAGE_SUFFIXES
 
 # Index order = the order of the release's per-class maps `<name>_lbl00.png` ... `_lbl10.png` (Smith et al.
@@ -52,7 +52,7 @@ class HelenFaces(SegmentationDataset):
         root = Path(root).expanduser()
         images, labels = root / "images", root / "labels"
         if not images.is_dir() or not labels.is_dir():
-            raise DataError(f"{root} is no Helen folder: it needs images/ and labels/ "
+            raise DatasetNotFoundError(f"{root} is no Helen folder: it needs images/ and labels/ "
                             "(SmithCVPR2013_dataset_resized or images/ + labels/ label maps)")
         self.root, self.split = root, split
         self.per_class_maps = any(p.is_dir() for p in labels.iterdir())
@@ -79,7 +79,7 @@ class HelenFaces(SegmentationDataset):
             return read_split_file(list_file)
         if split == "all":
             return sorted(_index_by_stem(images))
-        raise DataError(f"no list {list_file.name} for split '{split}' in {root}; use split 'all' to take "
+        raise DatasetNotFoundError(f"no list {list_file.name} for split '{split}' in {root}; use split 'all' to take "
                         "every image, or write the list")
 
     def read_label(self, pair: Pair, *, num_classes: int | None = None) -> np.ndarray:

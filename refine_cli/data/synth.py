@@ -422,9 +422,9 @@ def generate(
     check_config(config)
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
-        raise DataError(f"{out} is a file; choose a folder for the synthetic dataset")
+        raise UsageError(f"{out} is a file; choose a folder for the synthetic dataset")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DataError(f"{out} is not empty; choose a new folder or pass --overwrite")
+        raise UsageError(f"{out} is not empty; choose a new folder or pass --overwrite")
     start = time.perf_counter()
     lists = out / "ImageSets" / "Segmentation"
     if overwrite:  # an interrupted overwrite must not leave the old lists naming a mix of old and new files

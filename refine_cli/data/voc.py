@@ -8,7 +8,7 @@ from pathlib import Path
 
 from refine_cli.data.base import Pair, SegmentationDataset, read_classes_file, read_split_file
 from refine_cli.data.cache import ProbsCache
-from refine_cli.errors import DataError
+from refine_cli.errors import DatasetNotFoundError
 from refine_cli.labels import VOC_CLASSES
 
 _LIST_DIRS = ("ImageSets/Segmentation", ".", "list", "ImageSets")
@@ -43,7 +43,7 @@ class VOCSegmentation(SegmentationDataset):
         if not (root / "JPEGImages").is_dir() and (root / "VOC2012" / "JPEGImages").is_dir():
             root = root / "VOC2012"
         if not root.is_dir():
-            raise DataError(f"VOC root {root} does not exist; point it at the folder holding JPEGImages/")
+            raise DatasetNotFoundError(f"VOC root {root} does not exist; point it at the folder holding JPEGImages/")
         self.root = root
         self.split = split
         self.aug = split.endswith("_aug") if aug is None else aug
@@ -63,5 +63,5 @@ class VOCSegmentation(SegmentationDataset):
             if path.is_file():
                 return path
         tried = ", ".join(str(p.relative_to(root)) for p in candidates)
-        raise DataError(f"no list for split '{split}' under {root} (tried {tried}); "
+        raise DatasetNotFoundError(f"no list for split '{split}' under {root} (tried {tried}); "
                         "choose an existing split or write the list file")

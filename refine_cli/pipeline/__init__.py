@@ -5,7 +5,7 @@ The CLI, the examples, the benchmarks and the evaluation all go through it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import Literal
 from os import PathLike
 from pathlib import Path, PurePosixPath
@@ -173,7 +173,7 @@ class Refiner:
         num_classes: int | None = None,
         options: FolderOptions = FolderOptions(),
         shard: tuple[int, int] | None = None,
-    ) -> Iterator[FileEvent]:
+    ) -> Generator[FileEvent, None, None]:
         """Refine files, folders (recursive) and globs into `out_dir`, mirroring the input tree; finished outputs are
         skipped unless `options.overwrite`. Yields a FileEvent per input (see `refine_items`)."""
         items = io.list_inputs([str(p) for p in inputs])
@@ -190,9 +190,10 @@ class Refiner:
         num_classes: int | None = None,
         options: FolderOptions = FolderOptions(),
         shard: tuple[int, int] | None = None,
-    ) -> Iterator[FileEvent]:
+    ) -> Generator[FileEvent, None, None]:
         """`refine_folder` on an already listed input set (`io.list_inputs`). `shard=(rank, world)` takes every
-        world-th item from the rank-th on, so several processes split one run without overlap."""
+        world-th item from the rank-th on, so several processes split one run without overlap; the caller then
+        claims `out_dir` once for all of them (`claim_output_folder`) before any starts."""
         if shard is not None:
             rank, world = shard
             items = items[rank::world]
@@ -207,6 +208,7 @@ class Refiner:
             masks_dir=Path(masks_dir) if masks_dir is not None else None,
             writers=self.writers,
             times=self.engine.times,
+            claim=shard is None,
         )
 
     def _stream(

@@ -105,21 +105,22 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
 def on_main(fn: Callable[[], T], info: DistInfo) -> T:
     """`fn()` run by rank 0 alone (it reads what only rank 0 may have, e.g. files on its node), its result handed
     to every process. A RefineError on rank 0 is raised there and, as one line naming it, on every other process,
-    so no process is left waiting in a collective."""
+    with the same exit code, so no process is left waiting in a collective and all exit alike."""
     if not info.enabled:
         return fn()
-    outcome: tuple[bool, Any] = (True, None)
+    outcome: tuple[bool, Any, int] = (True, None, 0)
     error: RefineError | None = None
     if info.is_main:
         try:
-            outcome = (True, fn())
+            outcome = (True, fn(), 0)
         except RefineError as exc:
-            error, outcome = exc, (False, str(exc))
-    ok, value = broadcast_object(outcome, info)
+            error, outcome = exc, (False, str(exc), exc.exit_code)
+    ok, value, code = broadcast_object(outcome, info)
     if error is not None:
         raise error
     if not ok:
-        raise TrainingError(f"stopped because rank 0 failed: {value}")
+        kind = UsageError if code == UsageError.exit_code else TrainingError
+        raise kind(f"stopped because rank 0 failed: {value}")
     return value
 
 

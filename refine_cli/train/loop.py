@@ -1,6 +1,7 @@
 """The step loop shared by every trainer, read top to bottom: seed, (resume), for each step the poly learning rate,
 forward under autocast, a non-finite loss stops the run, backward, gradient clipping, optimizer step; every so
-often a metrics line, a validation pass and an atomic `last.pt`; at the end the exported `model.pt` and the curve.
+often a metrics line, a validation pass and an atomic `last.pt` (non-finite weights stop the run instead); at the
+end the exported `model.pt` and the curve.
 
 What differs between trainers (the network, its data, its loss, its validation, what the exported checkpoint
 says) lives in a `TrainTask`; `run_training` owns everything else.
@@ -33,7 +34,17 @@ from refine_cli.train.events import Checkpointed, Evaluated, Event, EventFn, Fin
 from refine_cli.train.metrics_log import MetricsLog, read_records
 from refine_cli.train.order import derive_seed, stream_state
 from refine_cli.train.schedule import poly_lr
-from refine_cli.train.state import CURVE, LAST, METRICS, MODEL, TrainingState, check_resumable, load_state, save_state
+from refine_cli.train.state import (
+    CURVE,
+    LAST,
+    METRICS,
+    MODEL,
+    TrainingState,
+    check_resumable,
+    load_state,
+    non_finite_state,
+    save_state,
+)
 from refine_cli.weights.format import Checkpoint, save_checkpoint
 from refine_cli.weights.locations import now_iso
 
@@ -398,18 +409,34 @@ class _Run:
         return loss_value
 
     def _non_finite(self, value: float, step: int) -> TrainingError:
-        if self.saved_step is None:
-            kept = (f"no checkpoint was written yet (the first comes at step {self.loop.checkpoint_every}), so "
-                    "nothing is lost but the run")
+        """The error for a NaN or infinite loss in the forward pass of `step` (1-based): it ran on the weights of
+        step - 1."""
+        if self.saved_step == step - 1:
+            kept = (f"{self.last_path} holds the weights of step {self.saved_step}, the ones this loss came from "
+                    "(--resume would run the same batch on them again)")
         else:
-            kept = f"last good checkpoint {self.last_path} (step {self.saved_step}) is intact"
+            kept = self._kept()
+        return TrainingError(f"loss became {value} at step {step}; {kept}; {self._hints()}")
+
+    def _diverged(self, step: int, problem: str) -> TrainingError:
+        """The error for weights or optimizer state that became NaN or infinite by `step`, found before writing
+        them."""
+        return TrainingError(f"the weights went bad by step {step} and were not saved ({problem}); "
+                             f"{self._kept()}; {self._hints()}")
+
+    def _kept(self) -> str:
+        if self.saved_step is None:
+            return (f"no checkpoint was written yet (the first comes at step {self.loop.checkpoint_every}), so "
+                    "nothing is lost but the run")
+        return f"{self.last_path} holds the finite weights of step {self.saved_step}"
+
+    def _hints(self) -> str:
         hints = [f"lower --lr (now {self.optim_cfg.lr:g})"]
         if self.optim_cfg.grad_clip == 0:
             hints.append("turn on --grad-clip")
         if self.amp is not None:
             hints.append("try --amp off")
-        return TrainingError(f"loss became {value} at step {step}; {kept}; {' or '.join(hints)} and start a new run "
-                             "(--resume would repeat the same settings)")
+        return f"{' or '.join(hints)} and start a new run (--resume would repeat the same settings)"
 
     def _log(self, done: int, window: _Window) -> None:
         seconds = time.perf_counter() - window.start
@@ -444,13 +471,17 @@ class _Run:
 
     def _checkpoint(self, done: int) -> None:
         rng = _capture_rng(self.info)  # a collective: every process takes part
+        state = TrainingState(
+            kind=self.task.kind, arch=self.task.arch, step=done, elapsed_s=self.elapsed(),
+            model=self.task.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            scaler=None if self.scaler is None else self.scaler.state_dict(), config=self.config_dict,
+            rng=rng, sampler=self._sampler_state(done), data_fingerprint=self.task.data_fingerprint,
+        )
+        # Every process checks (their weights are the same), so all stop together and none waits in a collective.
+        problem = non_finite_state(state)
+        if problem:
+            raise self._diverged(done, problem)
         if self.info.is_main:
-            state = TrainingState(
-                kind=self.task.kind, arch=self.task.arch, step=done, elapsed_s=self.elapsed(),
-                model=self.task.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                scaler=None if self.scaler is None else self.scaler.state_dict(), config=self.config_dict,
-                rng=rng, sampler=self._sampler_state(done), data_fingerprint=self.task.data_fingerprint,
-            )
             save_state(self.last_path, state)
             draw_curve(read_records(self.run_dir / METRICS), self.run_dir / CURVE)
         distributed.barrier(self.info)

@@ -1,6 +1,7 @@
 """Training checkpoints (`RUN_DIR/last.pt`): everything a killed run needs to go on exactly where it stopped
 (unwrapped network, optimizer, gradient scaler, step, `asdict(config)`, RNG states of every process, where the
-data stream stands), written atomically and read back with `torch.load(weights_only=True)`.
+data stream stands), written atomically, only while every tensor in it is finite, and read back with
+`torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 
 import torch
 
-from refine_cli.errors import TrainingError, WeightsError
-from refine_cli.weights.format import atomic_torch_save, read_torch_file
+from refine_cli.errors import TrainingError, UsageError, WeightsError
+from refine_cli.weights.format import atomic_torch_save, describe_non_finite, non_finite_tensors, read_torch_file
 
 FORMAT = "refine-cli.training-state"
 VERSION = 1
@@ -55,8 +56,21 @@ class TrainingState:
         }
 
 
+def non_finite_state(state: TrainingState) -> str | None:
+    """What in the state's network (else its optimizer) is NaN or infinite; None when everything is finite."""
+    for what, tensors in (("network", state.model), ("optimizer", state.optimizer)):
+        bad, total = non_finite_tensors(tensors)
+        if bad:
+            return describe_non_finite(bad, total, f"{what} tensors")
+    return None
+
+
 def save_state(path: Path, state: TrainingState) -> Path:
-    """Write atomically: a kill during the write leaves the previous `last.pt` whole."""
+    """Write atomically: a kill during the write leaves the previous `last.pt` whole. A state holding NaN or
+    infinite values is refused (a TrainingError) and the previous file stays."""
+    problem = non_finite_state(state)
+    if problem:
+        raise TrainingError(f"not writing {path} at step {state.step}: {problem}")
     atomic_torch_save(state.to_dict(), Path(path))
     return Path(path)
 
@@ -73,13 +87,17 @@ def load_state(path: Path) -> TrainingState:
     if not isinstance(d.get("version"), int) or d["version"] > VERSION:
         raise TrainingError(f"{path} was written by a newer refine-cli (training state version {d.get('version')})")
     try:
-        return TrainingState(
+        state = TrainingState(
             kind=d["kind"], arch=d["arch"], step=int(d["step"]), elapsed_s=float(d["elapsed_s"]), model=d["model"],
             optimizer=d["optimizer"], scaler=d["scaler"], config=d["config"], rng=d["rng"], sampler=d["sampler"],
             data_fingerprint=d["data_fingerprint"],
         )
     except KeyError as exc:
         raise TrainingError(f"{path} is a damaged training state (missing {exc}); start a new run") from None
+    problem = non_finite_state(state)
+    if problem:
+        raise TrainingError(f"cannot resume: {path} (step {state.step}) is unusable: {problem}; start a new run")
+    return state
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -104,15 +122,15 @@ def config_changes(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> li
 
 def check_resumable(state: TrainingState, *, kind: str, config: Mapping[str, Any], data_fingerprint: str,
                     path: Path) -> None:
-    """Raise a TrainingError when `state` cannot be continued by this request (other trainer, other recipe,
-    other data)."""
+    """Refuse to continue `state` with this request: another trainer or other settings are usage errors (the
+    command must change), a changed file list a TrainingError."""
     if state.kind != kind:
-        raise TrainingError(f"{path} is a {state.kind} training run; resume it with `refine-cli train {state.kind}`")
+        raise UsageError(f"{path} is a {state.kind} training run; resume it with `refine-cli train {state.kind}`")
     changes = config_changes(state.config, config)
     if changes:
         shown = "; ".join(changes[:5]) + (f" (+{len(changes) - 5} more)" if len(changes) > 5 else "")
-        raise TrainingError(f"the run in {path.parent} was started with other settings ({shown}); repeat its "
-                            "original options with --resume, or start a new run in another --out folder")
+        raise UsageError(f"the run in {path.parent} was started with other settings ({shown}); repeat its "
+                         "original options with --resume, or start a new run in another --out folder")
     if state.data_fingerprint != data_fingerprint:
         raise TrainingError(f"the dataset's file list changed since the run in {path.parent} started; the data "
                             "order cannot be continued: restore the list or start a new run")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import os
 import pickle
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from refine_cli.errors import UnknownNameError, WeightsError
+from refine_cli.errors import UnknownNameError, WeightsError, WeightsNotFoundError
 from refine_cli.io import atomic_write
 from refine_cli.labels import voc_palette
 from refine_cli.transforms import Preprocess
@@ -29,6 +30,7 @@ KINDS: tuple[str, ...] = ("base", "refiner")
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) container
 _PICKLE_PROTO = 0x80  # the legacy torch.save container starts with a pickle protocol opcode
 _SHOWN = 5  # how many offending keys an error names
+_REASON_CHARS = 120  # the longest loader message an error quotes
 
 
 class ArchNotAvailableError(WeightsError):
@@ -203,6 +205,33 @@ def is_tensor_dict(obj: Any) -> bool:
     )
 
 
+def non_finite_tensors(obj: Any, prefix: str = "") -> tuple[list[str], int]:
+    """The names of the floating-point tensors in `obj` (a tensor, or dicts and lists of them, e.g. a state dict or
+    an optimizer state) that hold NaN or infinite values, and how many floating-point tensors there are."""
+    if isinstance(obj, torch.Tensor):
+        if not obj.is_floating_point():
+            return [], 0
+        return ([] if bool(torch.isfinite(obj).all()) else [prefix or "tensor"]), 1
+    items: Any = ()
+    if isinstance(obj, Mapping):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    bad: list[str] = []
+    total = 0
+    for key, value in items:
+        names, count = non_finite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+        bad += names
+        total += count
+    return bad, total
+
+
+def describe_non_finite(bad: list[str], total: int, what: str = "tensors") -> str:
+    """'3 of 97 tensors hold NaN or infinite values, first a, b, c'."""
+    more = f" and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
+    return f"{len(bad)} of {total} {what} hold NaN or infinite values, first {', '.join(bad[:_SHOWN])}{more}"
+
+
 # ---------------------------------------------------------------------------------------------- files
 
 
@@ -218,6 +247,9 @@ def save_checkpoint(path: str | os.PathLike[str], ckpt: Checkpoint, *, half: boo
         d["dtype"] = "float16"
         d["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in d["state_dict"].items()}
     d["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in d["state_dict"].items()}
+    bad, total = non_finite_tensors(d["state_dict"])  # after the cast: float16 overflows to infinity
+    if bad:
+        raise WeightsError(f"not writing {path}: {describe_non_finite(bad, total)}; such weights give garbage")
     atomic_torch_save(d, path)
     return path
 
@@ -234,9 +266,9 @@ def read_torch_file(path: str | os.PathLike[str], *, map_location: Any = "cpu", 
     """
     path = Path(path)
     if not path.exists():
-        raise WeightsError(f"{path}: no such file; check the path, or run `refine-cli weights list`")
+        raise WeightsNotFoundError(f"{path}: no such file; check the path, or run `refine-cli weights list`")
     if not path.is_file():
-        raise WeightsError(f"{path} is a folder, not a checkpoint file")
+        raise WeightsNotFoundError(f"{path} is a folder, not a checkpoint file")
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -248,21 +280,49 @@ def read_torch_file(path: str | os.PathLike[str], *, map_location: Any = "cpu", 
     if not is_zip and head[0] != _PICKLE_PROTO:
         raise WeightsError(f"{path} is not a PyTorch file; give a .pt/.pth file written by torch.save")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and is_zip)
+        with warnings.catch_warnings():
+            # A plain pickle (not written by torch.save) makes torch warn about its protocol before refusing it.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError:
         raise WeightsError(
             f"{path} holds arbitrary Python objects, not only tensors and plain values; it will not be loaded "
             "(that would run code from the file). Save `model.state_dict()` alone and import that"
         ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightsError(f"{path} is truncated or corrupt ({reason[:120]}); download or copy it again") from None
+        reason = _short_reason(exc)
+        raise WeightsError(f"{path} is truncated or corrupt ({reason}); download or copy it again") from None
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", *, mmap: bool = False) -> Checkpoint:
-    """Read a refine-cli checkpoint; anything else (a bare state dict, another format) is a WeightsError."""
+def _short_reason(exc: BaseException) -> str:
+    """The first sentence of a loader's message, cut at a word if still long (torch's can run to a paragraph)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text.split(". ")[0].rstrip(".")
+    if len(text) <= _REASON_CHARS:
+        return text
+    return text[: text.rfind(" ", 0, _REASON_CHARS)].rstrip(",;:") + " ..."
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: Any = "cpu", *, mmap: bool = False, check_values: bool = True
+) -> Checkpoint:
+    """Read a refine-cli checkpoint; anything else (a bare state dict, another format) is a WeightsError, and so are
+    weights holding NaN or infinite values. check_values=False skips that test, which reads every tensor (for
+    looks at the metadata, with mmap)."""
     obj = read_torch_file(path, map_location=map_location, mmap=mmap)
-    return _as_checkpoint(obj, Path(path))
+    ckpt = _as_checkpoint(obj, Path(path))
+    if check_values:
+        require_finite(ckpt.state_dict, Path(path))
+    return ckpt
+
+
+def require_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights read from `path` that hold NaN or infinite values: a network built from them gives garbage
+    (NaN probabilities become all-zero masks) without any error of its own."""
+    bad, total = non_finite_tensors(state)
+    if bad:
+        raise WeightsError(f"{path} is unusable: {describe_non_finite(bad, total)}; retrain, or take an earlier "
+                           "checkpoint")
 
 
 def _as_checkpoint(obj: Any, path: Path) -> Checkpoint:

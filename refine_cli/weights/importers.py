@@ -27,6 +27,7 @@ from refine_cli.weights.format import (
     build_arch,
     is_tensor_dict,
     read_torch_file,
+    require_finite,
     save_checkpoint,
     state_dict_mismatch,
 )
@@ -171,6 +172,7 @@ def import_checkpoint(
     classes = tuple(classes) if classes is not None else VOC_CLASSES
 
     state = extract_state_dict(read_torch_file(path), path)
+    require_finite(state, path)
     expected, arch_args = _fit(arch, registry.arch_args(arch, num_classes=len(classes)), state, path)
     state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
 

@@ -10,10 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from refine_cli.errors import RefineError, UsageError, WeightsError
+from refine_cli.errors import RefineError, UsageError, WeightsError, WeightsNotFoundError
 from refine_cli.weights.catalog import RemoteFile, find_remote, remote_by_file_name, remote_file, remote_files
 from refine_cli.weights.fetch import Progress, fetch, part_path
-from refine_cli.weights.format import ArchNotAvailableError, build_model, load_checkpoint, read_torch_file
+from refine_cli.weights.format import (
+    ArchNotAvailableError,
+    build_model,
+    load_checkpoint,
+    read_torch_file,
+    require_finite,
+)
 from refine_cli.weights.importers import convert_remote, extract_state_dict, import_checkpoint, imported_path
 from refine_cli.weights.locations import (
     WEIGHTS,
@@ -57,7 +63,8 @@ def resolve(
     if isinstance(name_or_path, Path) or _looks_like_path(s):
         path = Path(s).expanduser()
         if not path.is_file():
-            raise WeightsError(f"{path}: no such checkpoint file; check the path, or run `refine-cli weights list`")
+            raise WeightsNotFoundError(f"{path}: no such checkpoint file; check the path, or run `refine-cli weights "
+                                       "list`")
         return path
     for folder in (bundled_dir(), checkpoints_dir(cache_dir)):
         path = folder / f"{s}{WEIGHTS.suffix}"
@@ -122,7 +129,7 @@ class WeightsEntry:
 def _local_entry(name: str, where: Where, path: Path) -> WeightsEntry:
     size = path.stat().st_size
     try:
-        ckpt = load_checkpoint(path, mmap=True)
+        ckpt = load_checkpoint(path, mmap=True, check_values=False)  # a look at the metadata
     except WeightsError as exc:
         return WeightsEntry(name, where, path, None, None, None, size, f"unreadable: {exc}")
     desc = str(ckpt.meta.provenance.get("description", ""))
@@ -157,12 +164,14 @@ def list_weights(*, cache_dir: str | os.PathLike[str] | None = None) -> list[Wei
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """ok: every check passed; detail: what was checked, or why it failed."""
+    """ok: every check passed; detail: what was checked, or why it failed; known: False when the name or path
+    given names nothing at all (a usage error, not a damaged file)."""
 
     name: str
     path: Path | None
     ok: bool
     detail: str
+    known: bool = True
 
 
 def _check_hash(path: Path) -> str:
@@ -200,6 +209,7 @@ def verify_file(path: Path, *, name: str | None = None, build: bool = True) -> V
                 notes.append(f"not built: {exc}")
         elif rf is not None:  # a trunk (or no build asked): its tensors load
             state = extract_state_dict(read_torch_file(path), path)
+            require_finite(state, path)
             notes.append(f"{len(state)} tensors")
         else:
             ckpt = load_checkpoint(path)
@@ -217,10 +227,10 @@ def verify_file(path: Path, *, name: str | None = None, build: bool = True) -> V
 
 def _targets(
     names: Sequence[str], cache_dir: str | os.PathLike[str] | None
-) -> list[tuple[str, Path | None, str | None]]:
+) -> list[tuple[str, Path | None, RefineError | None]]:
     """(name, path, error) for each requested name, or for every file present when none is given."""
     if not names:
-        out: list[tuple[str, Path | None, str | None]] = []
+        out: list[tuple[str, Path | None, RefineError | None]] = []
         for folder in (bundled_dir(), checkpoints_dir(cache_dir)):
             out += [(n, folder / f"{n}{WEIGHTS.suffix}", None) for n in checkpoint_names(folder)]
         dl = downloads_dir(cache_dir)
@@ -233,13 +243,13 @@ def _targets(
             raw = downloads_dir(cache_dir) / rf.file_name
             conv = imported_path(rf.name, cache_dir=cache_dir)
             found = [p for p in (raw, conv) if p.is_file()]
-            missing = f"not downloaded; run `refine-cli weights fetch {rf.name}`"
+            missing = WeightsError(f"not downloaded; run `refine-cli weights fetch {rf.name}`")
             out += [(n, p, None) for p in found] or [(n, None, missing)]
             continue
         try:
             out.append((n, resolve(n, cache_dir=cache_dir, download=False), None))
         except RefineError as exc:
-            out.append((n, None, str(exc)))
+            out.append((n, None, exc))
     return out
 
 
@@ -250,7 +260,8 @@ def verify(
     results = []
     for name, path, error in _targets(names, cache_dir):
         if error is not None or path is None:
-            results.append(VerifyResult(name, path, False, error or "not found"))
+            results.append(VerifyResult(name, path, False, str(error or "not found"),
+                                        known=not isinstance(error, UsageError)))
         else:
             results.append(verify_file(path, name=name, build=build))
     return results

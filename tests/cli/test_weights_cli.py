@@ -12,14 +12,16 @@ from types import MappingProxyType
 
 import pytest
 import torch
+from rich.console import Console
 from torch import nn
 from typer.testing import CliRunner
 
 from refine_cli.cli import app
+from refine_cli.cli import weights as weights_cli
 from refine_cli.labels import VOC_CLASSES
 from refine_cli.models import registry
 from refine_cli.transforms import IMAGENET
-from refine_cli.weights import TORCHVISION_SEG, catalog
+from refine_cli.weights import TORCHVISION_SEG, catalog, list_weights
 from refine_cli.weights.catalog import RemoteFile
 
 runner = CliRunner()
@@ -146,7 +148,7 @@ def test_import_info_and_errors(env):
     r = run("import", str(f), "--from", "caffe", "--arch", "tiny_tv")
     assert r.exit_code == 2 and "fcn-caffe-port" in one_line_error(r)
     r = run("import", str(env / "missing.pth"), "--from", "torchvision", "--arch", "tiny_tv")
-    assert r.exit_code == 1 and "no such file" in one_line_error(r)
+    assert r.exit_code == 2 and "no such file" in one_line_error(r)  # a path in the command: a usage error
 
 
 def test_verify_and_info_failures(env):
@@ -159,10 +161,12 @@ def test_verify_and_info_failures(env):
     assert r.exit_code == 1
     assert "FAILED" in r.stdout
     r = run("verify", "--json", "mine", "nothing_here")
-    assert r.exit_code == 1
+    assert r.exit_code == 2  # a name that names nothing is a usage error; every target is still reported
     results = {x["name"]: x for x in json.loads(r.stdout)}
-    assert not results["mine"]["ok"] and "sha256" in results["mine"]["detail"]
+    assert not results["mine"]["ok"] and "sha256" in results["mine"]["detail"] and results["mine"]["known"]
     assert not results["nothing_here"]["ok"] and "no checkpoint called" in results["nothing_here"]["detail"]
+    assert not results["nothing_here"]["known"]
+    assert run("verify", "mine").exit_code == 1
 
     r = run("info", "nothing_here")
     assert r.exit_code == 2 and "tiny_tv_coco" in one_line_error(r)
@@ -173,3 +177,36 @@ def test_verify_and_info_failures(env):
     assert run("verify", "--help").exit_code == 0
     r = run()  # no_args_is_help: the usage text, exit 2
     assert r.exit_code == 2 and "fetch" in r.output
+
+
+def test_verify_reports_non_finite_weights(env):
+    f = env / "mine.pth"
+    torch.save(tiny_tv().state_dict(), f)
+    assert run("import", str(f), "--from", "torchvision", "--arch", "tiny_tv").exit_code == 0
+    saved = env / "cache" / "checkpoints" / "mine.pt"
+    d = torch.load(saved, weights_only=True)
+    d["state_dict"]["classifier.weight"] = torch.full_like(d["state_dict"]["classifier.weight"], float("nan"))
+    nan_file = env / "nan.pt"
+    torch.save(d, nan_file)  # what a diverged run or a damaged copy could leave
+    r = run("verify", "--json", str(nan_file))
+    assert r.exit_code == 1
+    [result] = json.loads(r.stdout)
+    assert not result["ok"] and "NaN or infinite" in result["detail"] and "classifier.weight" in result["detail"]
+    torch.save({"classifier.weight": torch.full((21, 4, 1, 1), float("inf"))}, f)
+    r = run("import", str(f), "--from", "torchvision", "--arch", "tiny_tv", "--name", "inf")
+    assert r.exit_code == 1 and "NaN or infinite" in one_line_error(r)
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_weights_list_at_80_columns_cuts_no_column(tmp_path, monkeypatch, width):
+    monkeypatch.setenv("REFINE_CLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(weights_cli, "console", Console(width=width))
+    r = run("list")
+    assert r.exit_code == 0, r.output
+    assert "…" not in r.stdout and max(len(line) for line in r.stdout.splitlines()) <= width
+    rows = [line.split() for line in r.stdout.splitlines()]
+    for entry in list_weights():
+        row = next(row for row in rows if row and row[0] == entry.name)  # every name whole, at the row's start
+        assert entry.where in row and (entry.kind or "-") in row
+        assert (entry.arch in row) == (width == 200)  # a narrow terminal leaves the arch to `weights info`
+    assert {"present", "not"} <= {word for row in rows for word in row}

@@ -30,7 +30,7 @@ def test_synth_writes_a_world_and_check_passes(tmp_path: Path):
 def test_synth_refuses_a_non_empty_folder(tmp_path: Path):
     (tmp_path / "keep.txt").write_text("mine")
     result = runner.invoke(app, ["data", "synth", str(tmp_path), "--n", "1", "--size", "32"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # the command must change: a usage error
     assert "not empty" in result.output and "--overwrite" in result.output
     result = runner.invoke(app, ["data", "synth", str(tmp_path), "--n", "1", "--size", "32", "--overwrite"])
     assert result.exit_code == 0, result.output
@@ -54,8 +54,18 @@ def test_check_lists_problems_and_exits_1(tmp_path: Path):
 
 def test_check_errors_are_one_line(tmp_path: Path):
     result = runner.invoke(app, ["data", "check", str(tmp_path), "--format", "voc"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # no such split: a usage error
     assert "error:" in result.output and "no list for split 'train'" in result.output
     assert "Traceback" not in result.output
     result = runner.invoke(app, ["data", "check", str(tmp_path), "--format", "coco"])
     assert result.exit_code == 2
+
+
+def test_an_unknown_split_or_dataset_folder_is_a_usage_error(tmp_path: Path):
+    out = tmp_path / "synth"
+    assert runner.invoke(app, ["data", "synth", str(out), "--n", "2", "--size", "32"]).exit_code == 0
+    for args, said in ((["--split", "nosuch"], "no list for split 'nosuch'"), ([], "")):
+        target = out if args else tmp_path / "nowhere"
+        result = runner.invoke(app, ["data", "check", str(target), "--format", "voc", *args])
+        assert result.exit_code == 2, result.output
+        assert "error:" in result.output and said in result.output and "Traceback" not in result.output

@@ -15,7 +15,7 @@ import refine_cli.data
 from refine_cli.config import SynthConfig
 from refine_cli.data import SYNTH_CLASSES, SynthDataset, VOCSegmentation, generate, render, validate
 from refine_cli.data.synth import _rasterise, _Shape, _ellipse, texture_pool
-from refine_cli.errors import DataError, UsageError
+from refine_cli.errors import UsageError
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -52,7 +52,7 @@ def test_written_world_loads_as_voc_and_validates(tmp_path: Path):
 
 def test_non_empty_output_is_refused_unless_overwrite(tmp_path: Path):
     generate(tmp_path, SynthConfig(n=3, height=32, width=32))
-    with pytest.raises(DataError, match="not empty"):
+    with pytest.raises(UsageError, match="not empty"):
         generate(tmp_path, SynthConfig(n=3, height=32, width=32))
     generate(tmp_path, SynthConfig(n=2, height=32, width=32), overwrite=True)
     # the stale third image of the earlier run is gone; the lists name what exists

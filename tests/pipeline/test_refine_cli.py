@@ -1,5 +1,6 @@
 """`refine-cli refine` / `segment` on temporary folders: good and bad files, output layout, palettes, resume after
-a kill, exit codes, coarse masks given as binary and multi-class PNGs."""
+a kill, exit codes, coarse masks given as binary and multi-class PNGs, outputs checked before any work, one run at a
+time on an --out folder, stale temporary files, Ctrl-C at every stage."""
 
 from __future__ import annotations
 
@@ -8,16 +9,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from refine_cli.cli import app
+from refine_cli.cli import refine as refine_cli_module
 from refine_cli.labels import voc_palette
+from refine_cli.pipeline import folder as folder_module
 
 runner = CliRunner()
 
@@ -203,3 +208,175 @@ def test_failure_table_shows_names_with_brackets_verbatim(nets, tmp_path: Path):
                                  "--refiner", str(nets["refiner"]), "--device", "cpu", "--no-overlay"])
     assert result.exit_code == 1
     assert "[draft]b.jpg" in "".join(result.output.split())  # the table may fold a long path over lines
+
+
+def _one_image(tmp_path: Path) -> Path:
+    path = tmp_path / "x.png"
+    Image.fromarray(_rgb(16, 16)).save(path)
+    return path
+
+
+def _nets(nets) -> list[str]:
+    return ["--base", str(nets["base"]), "--refiner", str(nets["refiner"]), "--device", "cpu"]
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """A folder nobody can create files in: read-only permissions, or for root (whom permissions do not stop) a
+    place in sysfs, which takes no new files from anyone."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder if os.geteuid() != 0 else Path("/sys/refine-cli-test")
+
+
+def _no_networks(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("networks were loaded: the problem was not found up front")
+
+    monkeypatch.setattr(refine_cli_module, "Refiner", refuse)
+
+
+def test_json_to_a_directory_is_a_usage_error(nets, tmp_path: Path, monkeypatch):
+    _no_networks(monkeypatch)
+    image, out = _one_image(tmp_path), tmp_path / "out"
+    (tmp_path / "a-file").write_text("x")
+    targets = {tmp_path: "is a folder", tmp_path / "a-file" / "s.json": "a part of the path is a file",
+               _unwritable_folder(tmp_path) / "s.json": "permission denied or a read-only file system"}
+    for target, said in targets.items():
+        result = runner.invoke(app, ["refine", str(image), "--out", str(out), *_nets(nets), "--json", str(target)])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith("error:") and said in result.stderr and str(target) in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not out.exists()  # checked before any work
+
+
+def test_an_unwritable_out_is_refused_before_any_work(nets, tmp_path: Path, monkeypatch):
+    _no_networks(monkeypatch)
+    image = _one_image(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    for out, said in ((tmp_path / "a-file" / "out", "a part of the path is a file"),
+                      (_unwritable_folder(tmp_path) / "out", "permission denied or a read-only file system")):
+        result = runner.invoke(app, ["refine", str(image), "--out", str(out), *_nets(nets)])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith(f"error: cannot write into --out {out}: {said}")
+        assert "Traceback" not in result.output
+
+
+def test_a_missing_checkpoint_path_is_a_usage_error(tmp_path: Path):
+    image = _one_image(tmp_path)
+    for name in (str(tmp_path / "nope.pt"), "no_such_network"):
+        result = runner.invoke(app, ["refine", str(image), "--out", str(tmp_path / "o"), "--base", name])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith("error:") and "Traceback" not in result.output
+
+
+def test_non_finite_weights_are_refused_not_turned_into_zero_masks(nets, tmp_path: Path):
+    d = torch.load(nets["base"], weights_only=True)
+    d["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                       for k, v in d["state_dict"].items()}
+    nan_base = tmp_path / "nan_base.pt"
+    torch.save(d, nan_base)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["refine", str(_one_image(tmp_path)), "--out", str(out), "--base", str(nan_base),
+                                 "--refiner", str(nets["refiner"]), "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    assert "nan_base.pt is unusable" in result.stderr and "NaN or infinite" in result.stderr
+    assert not (out / "masks").exists()
+
+
+def test_ctrl_c_during_start_up_prints_no_traceback(nets, tmp_path: Path):
+    cmd = [sys.executable, "-m", "refine_cli", "refine", str(_one_image(tmp_path)), "--out", str(tmp_path / "out"),
+           *_nets(nets)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # importing torch takes seconds
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted"
+
+
+def test_ctrl_c_during_model_loading_still_writes_the_summary_and_json(nets, tmp_path: Path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # what Ctrl-C raises while the checkpoints load
+
+    monkeypatch.setattr(refine_cli_module, "Refiner", interrupted)
+    summary = tmp_path / "summary.json"
+    result = runner.invoke(app, ["refine", str(_one_image(tmp_path)), "--out", str(tmp_path / "out"),
+                                 *_nets(nets), "--json", str(summary)])
+    assert result.exit_code == 130, result.output
+    assert "Interrupted: summary so far" in result.stdout
+    assert json.loads(summary.read_text())["interrupted"] is True
+
+
+def test_ctrl_c_mid_run_counts_every_file_on_disk(nets, tmp_path: Path, monkeypatch):
+    images = tmp_path / "many"
+    images.mkdir()
+    for i in range(24):
+        Image.fromarray(_rgb(24, 24, i)).save(images / f"{i:02d}.png")
+    out, summary = tmp_path / "out", tmp_path / "summary.json"
+    real_write = folder_module.write_outputs
+
+    def slow_write(*args, **kwargs):  # several writes are under way when Ctrl-C comes
+        time.sleep(0.2)
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(folder_module, "write_outputs", slow_write)
+
+    def masks() -> list[Path]:
+        return [p for p in (out / "masks").glob("*.png") if not p.name.startswith(".")]
+
+    def press_ctrl_c() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(masks()) < 3:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)  # KeyboardInterrupt in the main thread, as from the terminal
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    result = runner.invoke(app, ["refine", str(images), "--out", str(out), *_nets(nets), "--batch-size", "1",
+                                 "--no-overlay", "--json", str(summary)])
+    assert result.exit_code == 130, result.output
+    report = json.loads(summary.read_text())
+    assert 3 <= report["processed"] < 24 and report["failed"] == 0
+    assert report["processed"] == len(masks())
+    assert report["interrupted"] is True
+    assert not [p for p in out.rglob(".*") if p.name != ".refine-cli.lock"]
+
+
+def test_stale_temps_of_killed_runs_are_removed(nets, tmp_path: Path):
+    out = tmp_path / "out"
+    stale = [out / "probs" / ".x.0123456789ab.part.npz", out / "masks" / "sub" / ".y.abcdef012345.part.png"]
+    for path in stale:  # 0-byte temps, as kill -9 leaves them
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    mine = out / "masks" / "notes.part.txt"  # not a temp name: not ours to delete
+    mine.write_text("keep")
+    result = runner.invoke(app, ["refine", str(_one_image(tmp_path)), "--out", str(out), *_nets(nets),
+                                 "--save-probs"])
+    assert result.exit_code == 0, result.output
+    assert not any(p.exists() for p in stale) and mine.read_text() == "keep"
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "masks/notes.part.txt", "masks/x.png", "overlays/x.jpg", "probs/x.npz"]
+
+
+def test_a_second_run_on_the_same_out_is_refused(nets, tmp_path: Path):
+    out = tmp_path / "out"
+    live_temp = out / "masks" / ".x.0123456789ab.part.png"  # a write of the run that holds the folder
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom refine_cli.pipeline.folder import claim_output_folder\n"
+         f"with claim_output_folder({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        live_temp.parent.mkdir(parents=True)
+        live_temp.touch()
+        result = runner.invoke(app, ["refine", str(_one_image(tmp_path)), "--out", str(out), *_nets(nets)])
+        assert result.exit_code == 2, result.output
+        assert f"another refine-cli run (pid {holder.pid} on " in result.stderr
+        assert live_temp.exists() and not (out / "masks" / "x.png").exists()
+    finally:
+        holder.kill()  # kill -9: the lock goes with the process
+        holder.wait()
+    result = runner.invoke(app, ["refine", str(_one_image(tmp_path)), "--out", str(out), *_nets(nets)])
+    assert result.exit_code == 0, result.output
+    assert (out / "masks" / "x.png").is_file() and not live_temp.exists()  # its owner is gone: a stale temp now
+    assert not (out / ".refine-cli.lock").exists()

@@ -107,7 +107,7 @@ def test_resume_refuses_other_settings_and_new_runs_refuse_old_folders(world: Pa
     with pytest.raises(UsageError, match="already holds a training run"):
         train_base(config, tmp_path / "run")
     changed = replace(config, optim=replace(config.optim, lr=0.5))
-    with pytest.raises(TrainingError, match=r"optim\.lr: 0\.01 -> 0\.5"):
+    with pytest.raises(UsageError, match=r"optim\.lr: 0\.01 -> 0\.5"):
         train_base(changed, tmp_path / "run", resume=True)
     with pytest.raises(UsageError, match="nothing to resume"):
         train_base(config, tmp_path / "empty", resume=True)
@@ -138,10 +138,65 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(world: Path, t
         train_base(config, run, on_event=remember)
     message = str(info.value)
     assert "loss became nan at step 3" in message
-    assert f"{run / 'last.pt'} (step 2) is intact" in message and "lower --lr" in message
+    # The forward pass of step 3 ran on the saved weights of step 2: they are named as what gave the loss.
+    assert f"{run / 'last.pt'} holds the weights of step 2, the ones this loss came from" in message
+    assert "lower --lr" in message
     assert list(digest) == [2] and _sha(run / "last.pt") == digest[2]
     assert load_state(run / "last.pt").step == 2
     assert not (run / "model.pt").exists()
+
+
+def _poison_gradients_at(step: int, monkeypatch) -> None:
+    """Make the update of `step` (1-based) write NaN into the weights while its loss stays finite, as an overflow
+    in the backward pass after a huge but finite loss does."""
+    calls = {"n": 0}
+    real = base_module.pixel_loss
+
+    def poisoned(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == step:
+            logits.register_hook(lambda grad: grad * float("inf"))
+        return real(logits, labels)
+
+    monkeypatch.setattr(base_module, "pixel_loss", poisoned)
+
+
+def test_a_checkpoint_is_written_only_when_every_tensor_is_finite(world: Path, tmp_path: Path, monkeypatch):
+    loop = replace(base_config(world).loop, steps=4, checkpoint_every=3)
+    _poison_gradients_at(3, monkeypatch)
+    with pytest.raises(TrainingError) as info:
+        train_base(base_config(world, loop=loop), tmp_path / "first")
+    message = str(info.value)
+    assert "the weights went bad by step 3 and were not saved" in message and "network tensors hold NaN" in message
+    assert "no checkpoint was written yet" in message
+    assert not (tmp_path / "first" / "last.pt").exists()
+
+    _poison_gradients_at(3, monkeypatch)
+    saved = {}
+    run = tmp_path / "second"
+    with pytest.raises(TrainingError) as info:
+        train_base(base_config(world, loop=replace(loop, checkpoint_every=2)), run,
+                   on_event=lambda e: saved.update({e.step: _sha(e.path)}) if isinstance(e, Checkpointed) else None)
+    message = str(info.value)
+    assert "loss became nan at step 4" in message
+    assert f"{run / 'last.pt'} holds the finite weights of step 2" in message
+    assert list(saved) == [2] and _sha(run / "last.pt") == saved[2]
+    state = load_state(run / "last.pt")  # resumable: every tensor in it is finite
+    assert state.step == 2 and all(bool(torch.isfinite(v).all()) for v in state.model.values()
+                                   if v.is_floating_point())
+
+
+def test_resume_refuses_a_checkpoint_with_non_finite_weights(world: Path, tmp_path: Path):
+    config = base_config(world, loop=replace(base_config(world).loop, steps=2, checkpoint_every=1))
+    run = tmp_path / "run"
+    train_base(config, run)
+    d = torch.load(run / "last.pt", weights_only=True)
+    name = next(k for k, v in d["model"].items() if v.is_floating_point())
+    d["model"][name] = torch.full_like(d["model"][name], float("nan"))
+    torch.save(d, run / "last.pt")  # as refine-cli before this check could write it
+    with pytest.raises(TrainingError, match=rf"cannot resume: .*last\.pt \(step 2\) is unusable: 1 of \d+ network "
+                                            rf"tensors hold NaN or infinite values, first {name}"):
+        train_base(config, run, resume=True)
 
 
 def test_a_huge_learning_rate_is_caught_as_non_finite(world: Path, tmp_path: Path):

@@ -86,3 +86,17 @@ def test_cli_errors_are_one_line(world: Path, tmp_path: Path):
 def test_arch_args_are_json_values():
     assert _arch_args(["width=0.125", "aux_loss=false", "name=x", "sizes=[1, 2]"]) == {
         "width": 0.125, "aux_loss": False, "name": "x", "sizes": [1, 2]}
+
+
+def test_resume_with_changed_options_is_a_usage_error(world: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, _base(world, out)).exit_code == 0
+    changed = runner.invoke(app, _base(world, out, "--lr", "0.5", "--resume"))
+    assert changed.exit_code == 2, changed.output
+    assert "started with other settings (optim.lr: 0.001 -> 0.5)" in changed.output
+    again = runner.invoke(app, _base(world, out))  # the same kind of mistake gets the same code
+    assert again.exit_code == 2 and "already holds a training run" in again.output
+    other = runner.invoke(app, ["train", "refiner", "--base", str(out / "model.pt"), "--data", str(world), "--out",
+                                str(out), "--arch", TINY_REFINER_ARCH, *_arch(TINY_REFINER_ARGS), "--steps", "2",
+                                "--device", "cpu", "--probs-dir", str(tmp_path / "probs"), "--resume"])
+    assert other.exit_code == 2 and "is a base training run" in other.output, other.output
