@@ -3,6 +3,7 @@ in the seconds that importing torch takes ends the command with one line instead
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -13,8 +14,10 @@ def main() -> None:
     try:
         from refine_cli.cli.root import app  # torch, the networks, Rich: seconds on a cold start
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(INTERRUPTED) from None
+        print("interrupted", file=sys.stderr, flush=True)
+        # Leave at once: an import cut short can leave half-initialised extension modules whose teardown at
+        # normal interpreter exit may re-raise the interrupt (seen as the process killed by SIGINT, status -2).
+        os._exit(INTERRUPTED)
     app()
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from refine_cli import weights
 from refine_cli.errors import UsageError
-from refine_cli.models.spn import class_map, present_classes, suppress_absent_classes
+from refine_cli.models.spn import RESIDUAL_EPS, class_map, present_classes, suppress_absent_classes
 from refine_cli.transforms import normalize, resize_images, resized_shape
 from refine_cli.weights import CheckpointMeta
 
@@ -112,6 +112,7 @@ class Engine:
     max_side: int | None = 2048
     refiner_side: int | None = None
     channels_last: bool = False
+    full_res_residual: bool = True
     times: StageTimes = field(default_factory=StageTimes)
 
     def __post_init__(self) -> None:
@@ -168,43 +169,51 @@ class Engine:
         (N, K, h, w) float32, -inf for every class absent from an image's coarse argmax (the released rule).
 
         With `refiner_side` set and a long side above it, the refiner runs on the image and coarse probabilities
-        scaled down to that long side, and its logits are resized back (bilinear): a quarter of the cost at
-        half the side, for outputs that stay smooth since the coarse maps come from a 1/8-resolution base net.
+        scaled down to that long side. A residual refiner's correction (its logits minus the log of its input) is
+        then upsampled (bilinear) and added to the log of the full-size coarse map, so whatever it leaves alone
+        keeps its full-resolution detail (`full_res_residual`); other refiners' logits are upsampled as they are.
 
-        The universal refiner only propagates the classes some image of the batch votes for: the others would be
-        suppressed anyway, and each propagated class costs a full set of scans."""
+        The universal refiner only propagates the classes some image of the batch votes for (at full size): the
+        others would be suppressed anyway, and each propagated class costs a full set of scans."""
         assert self.refiner is not None
         height, width = images.shape[-2:]
+        votes = present_classes(coarse)  # (N, K)
         small = working_size(height, width, self.refiner_side)
         if small == (height, width):
-            return self._refine_logits(images, coarse)
-        logits = self._refine_logits(resize_images(images, small), resize_images(coarse, small))
-        logits = F.interpolate(logits.clamp_min(_FLOOR), size=(height, width), mode="bilinear", align_corners=False)
+            return suppress_absent_classes(self._refine_logits(images, coarse, votes), coarse)
+        coarse_small = resize_images(coarse, small)
+        logits = self._refine_logits(resize_images(images, small), coarse_small, votes).clamp_min(_FLOOR)
+        if getattr(self.refiner.module, "residual", False) and self.full_res_residual:
+            correction = logits - coarse_small.clamp_min(RESIDUAL_EPS).log()
+            correction = F.interpolate(correction, size=(height, width), mode="bilinear", align_corners=False)
+            logits = coarse.clamp_min(RESIDUAL_EPS).log() + correction
+        else:
+            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         return suppress_absent_classes(logits, coarse)
 
-    def _refine_logits(self, images: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    def _refine_logits(self, images: torch.Tensor, coarse: torch.Tensor, votes: torch.Tensor) -> torch.Tensor:
+        """The refiner's logits for the classes `votes` (N, K) names in some image of the batch; -inf for the
+        others."""
         assert self.refiner is not None
         module = self.refiner.module
         x = self._layout(normalize(images, self.refiner.meta.preprocess))
         k = coarse.shape[1]
         per_class = getattr(module, "per_class", True)
         if per_class:
-            votes = present_classes(coarse)  # (N, K)
             present = votes.any(0).nonzero().flatten()
             with self._autocast():
                 sub = module(x, coarse[:, present])
             logits = torch.full_like(coarse, float("-inf"))
             logits[:, present] = sub.float()
-        else:
-            expected = getattr(module, "classes", k)
-            if expected != k:
-                raise UsageError(
-                    f"the refiner {self.refiner.path.name} takes exactly {expected} classes, the coarse maps have {k}; "
-                    "use a universal refiner"
-                )
-            with self._autocast():
-                logits = module(x, coarse).float()
-        return suppress_absent_classes(logits, coarse)
+            return logits
+        expected = getattr(module, "classes", k)
+        if expected != k:
+            raise UsageError(
+                f"the refiner {self.refiner.path.name} takes exactly {expected} classes, the coarse maps have {k}; "
+                "use a universal refiner"
+            )
+        with self._autocast():
+            return module(x, coarse).float()
 
     # ------------------------------------------------------------------------------------------- a batch
 

@@ -142,6 +142,8 @@ def test_refiner_side_runs_the_refiner_on_a_scaled_down_copy(nets):
     small = Refiner(base=nets["base"], refiner=nets["refiner"], device="cpu", refiner_side=32)
     assert Refiner(base=nets["base"], refiner=nets["refiner"], device="cpu").engine.refiner_side == (
         PipelineConfig().cpu_refiner_side)
+    for refiner in (full, small):  # a refiner that corrects something (the residual one starts as the identity)
+        torch.nn.init.normal_(refiner.engine.refiner.module.decode_out.weight, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         x = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(0))
         coarse = full.engine.base_probs(x)
@@ -149,13 +151,17 @@ def test_refiner_side_runs_the_refiner_on_a_scaled_down_copy(nets):
         coarse /= coarse.sum(1, keepdim=True)
         got = small.engine.refine_logits(x, coarse)
         at_32 = full.engine.refine_logits(resize_images(x, (24, 32)), resize_images(coarse, (24, 32)))
-        at_full = full.engine.refine_logits(x, coarse)
     assert got.shape == coarse.shape
     absent = ~F.one_hot(coarse.argmax(1), coarse.shape[1]).flatten(1, 2).amax(1).bool()[0]
     assert absent[1] and torch.isinf(got[0, absent]).all() and torch.isfinite(got[0, ~absent]).all()
-    expected = F.interpolate(at_32.clamp_min(-1e4), size=(48, 64), mode="bilinear", align_corners=False)
+    # a residual refiner: its correction at 32 px, upsampled, on top of the full-size coarse map
+    from refine_cli.models.spn import RESIDUAL_EPS
+
+    correction = at_32.clamp_min(-1e4) - resize_images(coarse, (24, 32)).clamp_min(RESIDUAL_EPS).log()
+    expected = coarse.clamp_min(RESIDUAL_EPS).log() + F.interpolate(correction, size=(48, 64), mode="bilinear",
+                                                                    align_corners=False)
     torch.testing.assert_close(got[0, ~absent], expected[0, ~absent])
-    assert not torch.allclose(got[0, ~absent], at_full[0, ~absent], atol=1e-3)
+    assert correction[0, ~absent].abs().amax() > 1e-4  # the random refiner does correct something
     with torch.inference_mode():  # an image within the side runs as it is
         x, coarse = x[..., :24, :30], coarse[..., :24, :30]
         torch.testing.assert_close(small.engine.refine_logits(x, coarse), full.engine.refine_logits(x, coarse))
@@ -163,3 +169,21 @@ def test_refiner_side_runs_the_refiner_on_a_scaled_down_copy(nets):
     assert labels.shape == (48, 64)
     with pytest.raises(UsageError, match="at least 16"):
         Refiner(base=nets["base"], refiner=nets["refiner"], device="cpu", refiner_side=8)
+
+
+def test_a_refiner_that_corrects_nothing_keeps_the_full_size_mask(tmp_path: Path):
+    """A residual refiner run on a scaled-down copy adds its upsampled correction to the full-size coarse map: an
+    untrained one (last layer zero, the identity) returns a fine mask exactly, detail below its working size kept."""
+    from refine_cli import models
+    from refine_cli.weights import CheckpointMeta, checkpoint_from_model, save_checkpoint
+
+    model = models.build("spn_universal_compact", hidden=4, mid_channels=4)
+    meta = CheckpointMeta(preprocess=models.spec("spn_universal_compact").preprocess)
+    path = save_checkpoint(tmp_path / "identity.pt", checkpoint_from_model(
+        model, arch="spn_universal_compact", arch_args=models.arch_args("spn_universal_compact", hidden=4,
+                                                                          mid_channels=4), meta=meta))
+    mask = np.zeros((96, 128), np.uint8)
+    mask[::3, ::5] = 1  # single-pixel dots: nothing of them survives 128 -> 32 px
+    mask[40:60, 30:90] = 2
+    small = Refiner(base=None, refiner=path, device="cpu", refiner_side=32)
+    np.testing.assert_array_equal(small.refine(_image(96, 128), mask=mask).labels, mask)
