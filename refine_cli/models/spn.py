@@ -22,6 +22,7 @@ from refine_cli.ops.propagate import Backend, GateNorm
 
 
 RESIDUAL_EPS = 1e-3  # floor of the coarse probabilities whose log a residual refiner adds to its logits
+KEEP_BIAS = 4.0  # an untrained keep gate keeps sigmoid(4) = 98 % of log(coarse): the refiner starts near the identity
 
 
 class SpatialPropagation(nn.Module):
@@ -61,6 +62,9 @@ class SPNRefiner(nn.Module):
         the untrained refiner returns the coarse prediction unchanged and training learns only corrections. Not in
         the release, which decodes the logits from the propagated maps alone and must first learn to reproduce the
         coarse map: at CPU budgets the released form ended worse than its input, on training images too.
+    keep_gate: (residual only) also decode, per pixel and class, how much of log(coarse) to keep, so that a hard
+        one-hot input, whose log is 0 or log(RESIDUAL_EPS), can be overruled by a small correction where the
+        refiner doubts it and left alone elsewhere. Not in the release.
     """
 
     def __init__(
@@ -74,8 +78,11 @@ class SPNRefiner(nn.Module):
         gate_norm: GateNorm = "bounded",
         decode_at: Literal["full", "half"] = "full",
         residual: bool = False,
+        keep_gate: bool = False,
     ) -> None:
         super().__init__()
+        if keep_gate and not residual:
+            raise ValueError("keep_gate weighs the coarse map a residual refiner adds; it needs residual=True")
         if decode_at not in ("full", "half"):
             raise ValueError(f"decode_at must be 'full' or 'half', got {decode_at!r}")
         hidden = guidance.channels
@@ -86,7 +93,8 @@ class SPNRefiner(nn.Module):
         self.encode = nn.Conv2d(maps, hidden, 4, stride=2, padding=1)
         self.propagation = SpatialPropagation(passes=passes, gate_norm=gate_norm)
         self.decode_mid = nn.Conv2d(hidden, mid_channels, 3, padding=1)
-        self.decode_out = nn.Conv2d(mid_channels, maps, 3, padding=1)
+        self.keep_gate = keep_gate
+        self.decode_out = nn.Conv2d(mid_channels, maps * (2 if keep_gate else 1), 3, padding=1)
         self.residual = residual
         if residual:
             nn.init.zeros_(self.decode_out.weight)
@@ -96,7 +104,20 @@ class SPNRefiner(nn.Module):
         """image: (N, 3, H, W) float, normalised for the guidance network (ImageNet mean/std, RGB), H, W >= 2.
         coarse: (N, K, H, W) float class probabilities in [0, 1] (K any for the universal form, `classes` for
             the joint form).
-        Returns refined logits (N, K, H, W), float, in coarse's dtype."""
+        Returns refined logits (N, K, H, W), float, in coarse's dtype: `keep * log(coarse) + correction` of
+        `forward_parts` (log(coarse) floored at `RESIDUAL_EPS`)."""
+        keep, correction = self.forward_parts(image, coarse)
+        if not self.residual:
+            return correction
+        return keep * coarse.clamp_min(RESIDUAL_EPS).log() + correction
+
+    def forward_parts(self, image: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The refined logits in two parts, so that a caller can compose them with a coarse map of another size
+        (the pipeline upsamples both and applies them to the full-size coarse map):
+        keep: how much of log(coarse) the logits keep: 1 for a residual refiner, a learned weight in (0, 1) per
+            pixel and class with `keep_gate` (about 0.98 untrained), 0 for a refiner that decodes its logits alone;
+            a tensor broadcastable to (N, K, H, W).
+        correction: (N, K, H, W), what is added."""
         if image.shape[0] != coarse.shape[0] or image.shape[-2:] != coarse.shape[-2:]:
             raise ValueError(
                 f"image {tuple(image.shape)} and coarse {tuple(coarse.shape)} must share batch and size"
@@ -112,13 +133,15 @@ class SPNRefiner(nn.Module):
         hidden = self.propagation(hidden, gates.to(hidden.dtype)).flatten(0, 1)
         if self.decode_at == "full":
             hidden = _resize(hidden, height, width)
-        logits = self.decode_out(F.relu(self.decode_mid(hidden), inplace=True))
+        out = self.decode_out(F.relu(self.decode_mid(hidden), inplace=True))
         if self.decode_at == "half":
-            logits = _resize(logits, height, width)
-        logits = logits.view(n, k, height, width)
-        if self.residual:
-            logits = logits + coarse.clamp_min(RESIDUAL_EPS).log()
-        return logits
+            out = _resize(out, height, width)
+        if self.keep_gate:
+            correction = out[:, : self.classes].reshape(n, k, height, width)
+            keep = torch.sigmoid(out[:, self.classes :] + KEEP_BIAS).reshape(n, k, height, width)
+            return keep, correction
+        keep = torch.ones((), dtype=out.dtype, device=out.device) if self.residual else out.new_zeros(())
+        return keep, out.reshape(n, k, height, width)
 
 
 def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -156,6 +179,7 @@ def spn_universal(
     gate_kernel: int = 3,
     decode_at: Literal["full", "half"] = "full",
     residual: bool = False,
+    keep_gate: bool = False,
     edge_sigma: float | None = None,
 ) -> SPNRefiner:
     """The universal refiner: each class map propagated alone with shared weights (1 in, `hidden` channels at half
@@ -178,6 +202,7 @@ def spn_universal(
         gate_norm=gate_norm,
         decode_at=decode_at,
         residual=residual,
+        keep_gate=keep_gate,
     )
 
 

@@ -112,7 +112,6 @@ class Engine:
     max_side: int | None = 2048
     refiner_side: int | None = None
     channels_last: bool = False
-    full_res_residual: bool = True
     times: StageTimes = field(default_factory=StageTimes)
 
     def __post_init__(self) -> None:
@@ -168,10 +167,10 @@ class Engine:
         """images: (N, 3, h, w) float RGB in [0, 1]; coarse: (N, K, h, w) probabilities -> refined logits
         (N, K, h, w) float32, -inf for every class absent from an image's coarse argmax (the released rule).
 
-        With `refiner_side` set and a long side above it, the refiner runs on the image and coarse probabilities
-        scaled down to that long side. A residual refiner's correction (its logits minus the log of its input) is
-        then upsampled (bilinear) and added to the log of the full-size coarse map, so whatever it leaves alone
-        keeps its full-resolution detail (`full_res_residual`); other refiners' logits are upsampled as they are.
+        The refiner's logits come in two parts (`SPNRefiner.forward_parts`): how much of log(coarse) they keep,
+        and a correction. With `refiner_side` set and a long side above it, the refiner runs on the image and
+        coarse probabilities scaled down to that long side, both parts are upsampled (bilinear) and applied to the
+        full-size coarse map, so whatever the refiner leaves alone keeps its full-resolution detail.
 
         The universal refiner only propagates the classes some image of the batch votes for (at full size): the
         others would be suppressed anyway, and each propagated class costs a full set of scans."""
@@ -180,40 +179,39 @@ class Engine:
         votes = present_classes(coarse)  # (N, K)
         small = working_size(height, width, self.refiner_side)
         if small == (height, width):
-            return suppress_absent_classes(self._refine_logits(images, coarse, votes), coarse)
-        coarse_small = resize_images(coarse, small)
-        logits = self._refine_logits(resize_images(images, small), coarse_small, votes).clamp_min(_FLOOR)
-        if getattr(self.refiner.module, "residual", False) and self.full_res_residual:
-            correction = logits - coarse_small.clamp_min(RESIDUAL_EPS).log()
-            correction = F.interpolate(correction, size=(height, width), mode="bilinear", align_corners=False)
-            logits = coarse.clamp_min(RESIDUAL_EPS).log() + correction
+            keep, correction = self._refine_parts(images, coarse, votes)
         else:
-            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            keep, correction = self._refine_parts(resize_images(images, small), resize_images(coarse, small), votes)
+            correction = _upsample(correction.clamp_min(_FLOOR), height, width)
+            keep = _upsample(keep, height, width) if keep.ndim else keep
+        logits = keep * coarse.clamp_min(RESIDUAL_EPS).log() + correction
         return suppress_absent_classes(logits, coarse)
 
-    def _refine_logits(self, images: torch.Tensor, coarse: torch.Tensor, votes: torch.Tensor) -> torch.Tensor:
-        """The refiner's logits for the classes `votes` (N, K) names in some image of the batch; -inf for the
-        others."""
+    def _refine_parts(self, images: torch.Tensor, coarse: torch.Tensor,
+                      votes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The refiner's (keep, correction) (`SPNRefiner.forward_parts`), float32, for the classes `votes` (N, K)
+        names in some image of the batch; the others get keep 0 and correction -inf."""
         assert self.refiner is not None
         module = self.refiner.module
         x = self._layout(normalize(images, self.refiner.meta.preprocess))
         k = coarse.shape[1]
-        per_class = getattr(module, "per_class", True)
-        if per_class:
+        if module.per_class:
             present = votes.any(0).nonzero().flatten()
             with self._autocast():
-                sub = module(x, coarse[:, present])
-            logits = torch.full_like(coarse, float("-inf"))
-            logits[:, present] = sub.float()
-            return logits
-        expected = getattr(module, "classes", k)
-        if expected != k:
+                keep_sub, correction_sub = module.forward_parts(x, coarse[:, present])
+            correction = torch.full_like(coarse, float("-inf"))
+            correction[:, present] = correction_sub.float()
+            keep = torch.zeros_like(coarse)
+            keep[:, present] = keep_sub.float().expand_as(correction_sub)
+            return keep, correction
+        if module.classes != k:
             raise UsageError(
-                f"the refiner {self.refiner.path.name} takes exactly {expected} classes, the coarse maps have {k}; "
-                "use a universal refiner"
+                f"the refiner {self.refiner.path.name} takes exactly {module.classes} classes, the coarse maps have "
+                f"{k}; use a universal refiner"
             )
         with self._autocast():
-            return module(x, coarse).float()
+            keep, correction = module.forward_parts(x, coarse)
+        return keep.float(), correction.float()
 
     # ------------------------------------------------------------------------------------------- a batch
 
@@ -264,6 +262,10 @@ class Engine:
             probs=list(probs.cpu().numpy()) if want_probs else None,
             coarse_probs=list(coarse.cpu().numpy()) if want_coarse_probs else None,
         )
+
+
+def _upsample(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
 
 
 def stack_images(images: Sequence[np.ndarray], *, pin: bool) -> torch.Tensor:

@@ -232,3 +232,30 @@ def test_edge_sigma_gates_are_the_learned_gates_times_the_colour_affinity():
     torch.testing.assert_close(g_edged[:, 0, :, :, :, 4], g_plain[:, 0, :, :, :, 4])  # flat colour: unchanged
     with pytest.raises(ValueError, match="edge_sigma"):
         GuidanceNet(channels=4, edge_sigma=0.0)
+
+
+def test_keep_gate_starts_near_the_coarse_map_and_can_overrule_a_hard_one():
+    from refine_cli.models.spn import KEEP_BIAS, RESIDUAL_EPS
+
+    torch.manual_seed(0)
+    model = spn_universal(guidance_width=0.125, guidance_batch_norm=True, hidden=4, mid_channels=4, residual=True,
+                          keep_gate=True).eval()
+    image = torch.randn(1, 3, 24, 24)
+    coarse = torch.nn.functional.one_hot(torch.randint(0, 3, (1, 24, 24)), 3).permute(0, 3, 1, 2).float()
+    keep, correction = model.forward_parts(image, coarse)
+    assert keep.shape == correction.shape == coarse.shape
+    torch.testing.assert_close(keep, torch.full_like(keep, torch.sigmoid(torch.tensor(KEEP_BIAS)).item()))
+    assert correction.abs().max() == 0
+    logits = model(image, coarse)
+    torch.testing.assert_close(logits, keep * coarse.clamp_min(RESIDUAL_EPS).log() + correction)
+    assert torch.equal(logits.argmax(1), coarse.argmax(1))
+    # a keep of 0 leaves the decision to the correction alone, whatever the one-hot input says
+    with torch.no_grad():
+        model.decode_out.bias.copy_(torch.tensor([0.0, -100.0]))
+    keep, _ = model.forward_parts(image, coarse)
+    assert keep.max() < 1e-30
+
+
+def test_keep_gate_needs_a_residual_refiner():
+    with pytest.raises(ValueError, match="residual"):
+        spn_universal(guidance_width=0.125, hidden=4, keep_gate=True)
