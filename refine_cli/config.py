@@ -305,6 +305,18 @@ class RefinerTrainConfig:
     init: as `BaseTrainConfig.init`, for the guidance network's ImageNet trunk.
     init_from: a refine-cli refiner checkpoint of the same arch to start from instead (fine-tuning a trained
         refiner, e.g. the bundled one, on new data or a new base network).
+
+    crops: "released" (the recipe above) or "working" (`refine_cli.train.working`: universal refiners trained at
+        the resolution the pipeline runs them at, `working` sets the crops). With "working":
+    more_data: further datasets, each drawn as often as `data` whatever its size (splits and val splits their own).
+    more_bases: further base networks; each serves the datasets whose class count it predicts.
+    coarse: where crops' coarse maps come from: "base" (the base networks' cached probabilities), "perturb"
+        (ground truth made coarse, `perturb`; no base needed) or "mixed" (ground truth with chance
+        `perturb_share`, a fitting base otherwise; datasets no base fits always use ground truth).
+    hard_p: chance that a base network's map becomes one-hot (masks made elsewhere); perturbed ground truth has its
+        own (`perturb.hard_p`).
+    boundary_weight: pixels within 2 px of a true label change weigh 1 + this in the loss.
+    val_limit: validate on at most this many images per dataset (None: all).
     """
 
     arch: str = "spn_universal"
@@ -321,6 +333,20 @@ class RefinerTrainConfig:
     init_from: str | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    crops: str = "released"
+    working: WorkingCropConfig = field(default_factory=WorkingCropConfig)
+    more_data: tuple[DataConfig, ...] = ()
+    more_bases: tuple[str, ...] = ()
+    coarse: str = "base"
+    perturb_share: float = 0.5
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    hard_p: float = 0.3
+    boundary_weight: float = 0.0
+    val_limit: int | None = None
+
+    @property
+    def bases(self) -> tuple[str, ...]:
+        return ((self.base,) if self.base else ()) + tuple(self.more_bases)
 
 
 @dataclass(frozen=True)

@@ -272,6 +272,14 @@ class BoundaryF:
         self.images += 1
         return one
 
+    def merge(self, other: BoundaryF) -> None:
+        """Add another accumulator's counts (e.g. another process's share of the images)."""
+        if other.tolerance_px != self.tolerance_px:
+            raise UsageError("cannot merge boundary scores measured at different tolerances")
+        self._counts += other._counts
+        self._f_sum += other._f_sum
+        self.images += other.images
+
     def score(self) -> BoundaryScore:
         if self.images == 0:
             nan = float("nan")

@@ -6,6 +6,7 @@ Run under `torchrun --nproc_per_node N -m refine_cli train ...` for several GPUs
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import os
 from enum import Enum
 from pathlib import Path
@@ -325,12 +326,30 @@ def base(
     _run(train_base, config, out, resume, overwrite)
 
 
+class CropsMode(str, Enum):
+    released = "released"
+    working = "working"
+
+
+class CoarseMode(str, Enum):
+    base = "base"
+    perturb = "perturb"
+    mixed = "mixed"
+
+
+WORKING = "Working-resolution training (--crops working)"
+
+
 @app.command("refiner")
 def refiner(
-    base_net: Annotated[str, typer.Option("--base", help="Base segmenter checkpoint whose coarse probabilities are "
-                                          "refined (a name or a .pt path).", rich_help_panel=NETWORK)],
-    data: Data,
+    data: Annotated[list[Path], typer.Option("--data", help="Dataset root folder; repeat it to train on several "
+                                             "(--crops working draws each equally often).", file_okay=False,
+                                             rich_help_panel=DATA)],
     out: Out,
+    base_net: Annotated[Optional[list[str]], typer.Option("--base", help="Base segmenter checkpoint whose coarse "
+                                                          "probabilities are refined (a name or a .pt path); with "
+                                                          "--crops working repeatable, each serving the datasets of "
+                                                          "its class count.", rich_help_panel=NETWORK)] = None,
     arch: Annotated[str, typer.Option("--arch", help=f"Refiner: {', '.join(models.names('refiner'))}.",
                                       rich_help_panel=NETWORK)] = REFINER.arch,
     arch_arg: ArchArg = None,
@@ -338,10 +357,38 @@ def refiner(
     init_from: Annotated[Optional[str], typer.Option("--from", help="Fine-tune this refine-cli refiner checkpoint "
                                                      "of the same arch (name or path), e.g. the bundled one.",
                                                      rich_help_panel=NETWORK)] = None,
-    format: Format = DatasetFormat(REFINER.data.format),
+    format: Annotated[Optional[list[DatasetFormat]], typer.Option("--format", help="Layout of each --data (one "
+                                                                  "for all, or one per --data in order).",
+                                                                  rich_help_panel=DATA)] = None,
     split: Split = REFINER.data.split,
     val_split: ValSplit = REFINER.data.val_split,
     skip_bad: SkipBad = REFINER.data.skip_bad,
+    crops: Annotated[CropsMode, typer.Option("--crops", help="released: the published recipe (crops at the "
+                                             "images' size, one base network's probabilities); working: universal "
+                                             "refiners trained at the size the pipeline runs them at, on base "
+                                             "networks' outputs and ground truth made coarse.",
+                                             rich_help_panel=WORKING)] = CropsMode(REFINER.crops),
+    coarse: Annotated[CoarseMode, typer.Option("--coarse", help="Coarse maps from the --base networks, from ground "
+                                               "truth made coarse (perturb; no --base needed) or mixed.",
+                                               rich_help_panel=WORKING)] = CoarseMode(REFINER.coarse),
+    perturb_share: Annotated[float, typer.Option("--perturb-share", min=0.0, max=1.0, help="With --coarse mixed, "
+                                                 "the share of crops made from ground truth.",
+                                                 rich_help_panel=WORKING)] = REFINER.perturb_share,
+    perturb_hard: Annotated[float, typer.Option("--perturb-hard", min=0.0, max=1.0, help="Share of ground-truth "
+                                                "coarse maps that are one-hot masks (the rest stay soft).",
+                                                rich_help_panel=WORKING)] = REFINER.perturb.hard_p,
+    working_side: Annotated[int, typer.Option("--working-side", min=16, help="Images are scaled so that their long "
+                                              "side is this (times a random zoom) before cropping: the refiner "
+                                              "side they will run at.", rich_help_panel=WORKING)] = (
+        REFINER.working.side),
+    max_classes: Annotated[int, typer.Option("--max-classes", min=1, help="Class maps per crop at most (the ones "
+                                             "the coarse map names most).", rich_help_panel=WORKING)] = (
+        REFINER.working.max_classes),
+    boundary_weight: Annotated[float, typer.Option("--boundary-weight", min=0.0, help="Pixels within 2 px of a true "
+                                                   "label change weigh 1 + this in the loss.",
+                                                   rich_help_panel=WORKING)] = REFINER.boundary_weight,
+    val_limit: Annotated[Optional[int], typer.Option("--val-limit", min=1, help="Validate on at most this many "
+                                                     "images per dataset.", rich_help_panel=WORKING)] = None,
     probs: Annotated[ProbsMode, typer.Option("--probs", help="cache: computed once and stored (float16); live: "
                                              "recomputed every step.", rich_help_panel=DATA)] = (
         ProbsMode(REFINER.probs)),
@@ -355,7 +402,10 @@ def refiner(
                                                   "processes).", rich_help_panel=AUG)] = REFINER.images_per_batch,
     crops_per_image: Annotated[int, typer.Option("--crops-per-image", min=1, help="Random crops per image.",
                                                  rich_help_panel=AUG)] = REFINER.crop.crops_per_image,
-    crop_size: CropSize = REFINER.crop.size,
+    crop_size: Annotated[Optional[int], typer.Option("--crop-size", min=2, help="Side of the square training crops "
+                                                     f"(default: {REFINER.crop.size} released, "
+                                                     f"{REFINER.working.size} working).",
+                                                     rich_help_panel=AUG)] = None,
     min_labels: Annotated[int, typer.Option("--min-labels", min=0, help="A crop with fewer labels is redrawn.",
                                             rich_help_panel=AUG)] = REFINER.crop.min_labels,
     max_tries: Annotated[int, typer.Option("--max-tries", min=1, help="Crop draws at most.",
@@ -368,9 +418,11 @@ def refiner(
                                                 rich_help_panel=AUG)] = AugmentConfig().scale,
     shift: Annotated[float, typer.Option("--shift", min=0.0, help="Shift range, +/- this x the longer side.",
                                          rich_help_panel=AUG)] = AugmentConfig().shift_fraction,
-    hard_probs: Annotated[float, typer.Option("--hard-probs", min=0.0, max=1.0, help="Share of crops whose coarse "
-                                              "probabilities become one-hot, as masks made elsewhere arrive.",
-                                              rich_help_panel=AUG)] = AugmentConfig().hard_probs_p,
+    hard_probs: Annotated[Optional[float], typer.Option("--hard-probs", min=0.0, max=1.0, help="Share of crops "
+                                                        "whose base probabilities become one-hot, as masks made "
+                                                        f"elsewhere arrive (default: {AugmentConfig().hard_probs_p:g}"
+                                                        f" released, {REFINER.hard_p:g} working).",
+                                                        rich_help_panel=AUG)] = None,
     probs_temperature: Annotated[float, typer.Option("--probs-temperature", min=1.0, help="Re-temper each crop's "
                                                      "coarse probabilities, softmax(log p / t), t log-uniform in "
                                                      "[1/T, T], so the refiner does not learn one base network's "
@@ -409,13 +461,29 @@ def refiner(
     """
     with cli_errors():
         _check_arch(arch, "refiner")
+        bases = base_net or []
+        formats = format or [DatasetFormat(REFINER.data.format)]
+        if len(formats) not in (1, len(data)):
+            raise UsageError(f"give one --format for all --data, or one per --data ({len(data)}); got {len(formats)}")
+        datasets = [_data(d, formats[i if len(formats) > 1 else 0], split, val_split, skip_bad)
+                    for i, d in enumerate(data)]
+        if crops == CropsMode.released and (len(datasets) > 1 or len(bases) != 1):
+            raise UsageError("--crops released trains on one --data with one --base; several are for --crops working")
+        size = crop_size or (REFINER.crop.size if crops == CropsMode.released else REFINER.working.size)
+        released_hard = AugmentConfig().hard_probs_p if hard_probs is None else hard_probs
         config = RefinerTrainConfig(
-            arch=arch, arch_args=_arch_args(arch_arg), base=base_net,
-            data=_data(data, format, split, val_split, skip_bad), images_per_batch=images_per_batch,
-            crop=CropConfig(size=crop_size, crops_per_image=crops_per_image, min_labels=min_labels,
+            arch=arch, arch_args=_arch_args(arch_arg), base=bases[0] if bases else "", more_bases=tuple(bases[1:]),
+            data=datasets[0], more_data=tuple(datasets[1:]), images_per_batch=images_per_batch,
+            crops=crops.value, coarse=coarse.value, perturb_share=perturb_share,
+            perturb=replace(REFINER.perturb, hard_p=perturb_hard),
+            working=replace(REFINER.working, size=size, side=working_side, max_classes=max_classes,
+                            min_labels=min_labels, max_tries=max_tries),
+            hard_p=REFINER.hard_p if hard_probs is None else hard_probs, boundary_weight=boundary_weight,
+            val_limit=val_limit,
+            crop=CropConfig(size=size, crops_per_image=crops_per_image, min_labels=min_labels,
                             max_tries=max_tries),
             augment=AugmentConfig(rotation_deg=rotation, scale=scale_jitter, shift_fraction=shift,
-                                  hard_probs_p=hard_probs, probs_temperature=probs_temperature,
+                                  hard_probs_p=released_hard, probs_temperature=probs_temperature,
                                   probs_coarsen=probs_coarsen, probs_displace=probs_displace) if augment else None,
             probs=probs.value, probs_dir=None if probs_dir is None else str(probs_dir),
             suppress_absent=suppress_absent, init=init.value, init_from=init_from,

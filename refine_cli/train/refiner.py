@@ -43,10 +43,12 @@ from refine_cli.train.distributed import DistInfo
 from refine_cli.train.events import EventFn
 from refine_cli.train.loop import LossTerms, TrainResult, TrainTask, autocast_dtype, run_training
 from refine_cli.train.probs import BaseNet, cache_dir, coarse_probs, ensure_cache, load_base
+from refine_cli.train.working import WorkingRefinerTask
 from refine_cli.transforms import normalize
 from refine_cli.weights import Checkpoint, CheckpointMeta, checkpoint_from_model
 
 PROBS_MODES = ("cache", "live")
+CROP_MODES = ("released", "working")
 
 
 class _Crops:
@@ -233,6 +235,11 @@ def train_refiner(
     overwrite: bool = False,
     on_event: EventFn | None = None,
 ) -> TrainResult:
-    """Train an SPN refiner on `config.base`'s coarse probabilities; files go to `run_dir` (see `run_training`)."""
+    """Train an SPN refiner on `config.base`'s coarse probabilities (`config.crops` "released"), or the way the
+    pipeline runs it (`config.crops` "working", `refine_cli.train.working`); files go to `run_dir` (see
+    `run_training`)."""
+    if config.crops not in CROP_MODES:
+        raise UsageError(f"unknown --crops '{config.crops}'; choose one of {', '.join(CROP_MODES)}")
+    task = RefinerTask if config.crops == "released" else WorkingRefinerTask
     return run_training(config=config, run_dir=run_dir, resume=resume, overwrite=overwrite, on_event=on_event,
-                        build_task=lambda info, emit: RefinerTask(config, info, emit))
+                        build_task=lambda info, emit: task(config, info, emit))

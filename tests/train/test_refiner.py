@@ -8,11 +8,14 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from refine_cli import models, weights
-from refine_cli.config import DataConfig
+from refine_cli.config import DataConfig, PerturbConfig, SynthConfig, WorkingCropConfig
+from refine_cli.data import generate
 from refine_cli.errors import UsageError, WeightsError
 from refine_cli.train import Note, TrainResult, train_refiner
 from refine_cli.train import probs as probs_module
@@ -145,3 +148,36 @@ def test_from_a_trained_refiner_starts_at_its_weights(world: Path, trained_base:
     with pytest.raises(WeightsError, match="does not fit"):
         train_refiner(refiner_config(world, trained_base.model_path, tmp_path / "probs", arch_args=wider,
                                      init_from=str(first.model_path)), tmp_path / "wider")
+
+
+def test_working_crops_train_on_several_datasets_and_coarse_sources(world, trained_base, tmp_path):
+    """--crops working: two datasets of different class counts drawn together, coarse maps from a base network
+    (for the dataset of its classes) and from perturbed ground truth; validation scores each pair at full size."""
+    two_class = tmp_path / "binary"
+    generate(two_class, SynthConfig(n=6, seed=9, height=48, width=80, val_fraction=0.34))
+    (two_class / "classes.txt").write_text("background\nobject\n")
+    for mask in (two_class / "SegmentationClass").glob("*.png"):  # any shape is "object"
+        label = np.asarray(Image.open(mask))
+        Image.fromarray(np.where(label == 255, 255, (label > 0)).astype(np.uint8)).save(mask)
+    config = refiner_config(
+        world, trained_base.model_path, tmp_path / "probs", crops="working", coarse="mixed",
+        data=DataConfig(root=str(world), val_split="val"),
+        more_data=(DataConfig(root=str(two_class), val_split="val"),),
+        arch_args={**TINY_REFINER_ARGS, "residual": True, "keep_gate": True},
+        working=WorkingCropConfig(size=32, side=48, max_classes=3), perturb=PerturbConfig(hard_p=0.5),
+        boundary_weight=1.0, loop=replace(refiner_config(world, trained_base.model_path, tmp_path).loop, steps=4,
+                                          val_every=4),
+    )
+    result = train_refiner(config, tmp_path / "run")
+    assert result.steps == 4 and result.final_loss is not None and result.final_loss > 0
+    keys = set(result.val)
+    assert {"world/perturbed/miou", "world/base:model/miou", "binary/perturbed/miou", "miou", "bf"} <= keys
+    assert "binary/base:model/miou" not in keys  # the 8-class base serves only the 8-class world
+    ckpt = weights.load_checkpoint(result.model_path)
+    assert ckpt.meta.provenance["crops"] == "working" and len(ckpt.meta.provenance["datasets"]) == 2
+
+
+def test_working_crops_refuse_a_base_mode_without_a_base(world, tmp_path):
+    config = replace(refiner_config(world, Path("unused"), tmp_path), base="", crops="working", coarse="base")
+    with pytest.raises(UsageError, match="--coarse perturb"):
+        train_refiner(config, tmp_path / "run")
