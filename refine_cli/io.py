@@ -6,13 +6,14 @@ atomic temp-file-and-rename that every writer goes through. Never touches models
 from __future__ import annotations
 
 import contextlib
-import glob
+import fnmatch
 import os
 import secrets
 import struct
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -45,25 +46,46 @@ class InputItem:
     relative: PurePosixPath
 
 
-def _is_hidden(parts: Sequence[str]) -> bool:
-    return any(part.startswith(".") and part not in (".", "..") for part in parts)
+# Why `list_inputs` leaves an entry out on purpose (the keys of `InputListing.left_out`).
+HIDDEN = "hidden"
+LINKED_FOLDER = "symlinked folder"
+NOT_AN_IMAGE = "not an image"
+NOT_A_FILE = "not a regular file"
 
 
-def _has_image_suffix(path: Path, suffixes: Sequence[str]) -> bool:
-    return path.suffix.lower() in suffixes
+@dataclass(frozen=True)
+class InputListing:
+    """What `list_inputs` found.
+
+    items: the image files, sorted by `relative`.
+    unreadable: (folder, reason) for every folder that could not be listed (permission denied, ...): its images
+        are unknown, so a run over this listing has failed for them.
+    left_out: entries skipped on purpose, counted by reason: hidden files and folders (leading '.'), symlinked
+        folders met inside a walked folder (not entered: a link back up the tree would loop; name one to walk it),
+        files without an image suffix, special files, and whatever lies in an excluded folder (the outputs of a
+        run), under the reason given for it. A skipped folder counts once, whatever it holds.
+    """
+
+    items: tuple[InputItem, ...]
+    unreadable: tuple[tuple[Path, str], ...] = ()
+    left_out: Mapping[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        """Items plus unreadable folders: one outcome each in a run."""
+        return len(self.items) + len(self.unreadable)
+
+    def shard(self, rank: int, world: int) -> InputListing:
+        """Every world-th item from the rank-th on; the unreadable folders and the left-out counts go to rank 0, so
+        merged shards count each once."""
+        if rank == 0:
+            return InputListing(self.items[rank::world], self.unreadable, self.left_out)
+        return InputListing(self.items[rank::world])
 
 
-def _walk_folder(root: Path, *, recursive: bool, suffixes: Sequence[str]) -> list[Path]:
-    """Image files below `root`, hidden files and folders skipped. Symlinked files are listed; symlinked
-    folders are not entered (a link back up the tree would loop)."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
-        for name in filenames:
-            path = Path(dirpath) / name
-            if not name.startswith(".") and _has_image_suffix(path, suffixes) and path.is_file():
-                found.append(path)
-    return found
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return exc.strerror or type(exc).__name__
 
 
 def _glob_root(pattern: str) -> Path:
@@ -77,53 +99,174 @@ def _glob_root(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
-def _relative_posix(path: Path, root: Path) -> PurePosixPath:
-    return PurePosixPath(*path.relative_to(root).parts)
+class _Lister:
+    """One listing pass over files, folders and glob patterns: collects image files with the root their output
+    names mirror, the folders that could not be read, and what was left out on purpose."""
+
+    def __init__(self, *, recursive: bool, suffixes: Sequence[str], exclude: Mapping[Path, str]) -> None:
+        self.recursive, self.suffixes = recursive, suffixes
+        self.exclude = {Path(folder).resolve(): reason for folder, reason in exclude.items()}
+        self.found: list[InputItem] = []
+        self.unreadable: list[tuple[Path, str]] = []
+        self.left_out: Counter[str] = Counter()
+
+    def excluded(self, path: Path) -> str | None:
+        """The reason `path` lies in an excluded folder (or is one), else None."""
+        if not self.exclude:
+            return None
+        resolved = path.resolve()
+        for folder, reason in self.exclude.items():
+            if resolved == folder or folder in resolved.parents:
+                return reason
+        return None
+
+    def scan(self, folder: Path) -> list[os.DirEntry[str]] | None:
+        """The entries of `folder`, sorted by name; None (and the folder recorded as unreadable) on an error."""
+        try:
+            with os.scandir(folder) as entries:
+                return sorted(entries, key=lambda e: e.name)
+        except OSError as exc:
+            self.unreadable.append((folder, _os_reason(exc)))
+            return None
+
+    def file(self, path: Path, root: Path, *, is_file: bool) -> None:
+        """Keep an image file met in a folder or by a glob; count anything else. (Its folder has been checked
+        against `exclude` on the way in, so the file is not: no `resolve` per file.)"""
+        if path.suffix.lower() not in self.suffixes:
+            self.left_out[NOT_AN_IMAGE] += 1
+        elif not is_file and (path.exists() or not path.is_symlink()):
+            self.left_out[NOT_A_FILE] += 1  # a FIFO or device named like an image; a broken link fails by name later
+        else:
+            self.found.append(InputItem(path, PurePosixPath(*path.relative_to(root).parts)))
+
+    def entry(self, entry: os.DirEntry[str], root: Path, *, files: bool = True, hidden: bool = False) -> Path | None:
+        """Handle one folder entry: keep or count a file (when `files`), count a folder left out, or return a
+        folder to go into. `hidden`: a leading '.' was asked for (a glob part starting with '.')."""
+        path = Path(entry.path)
+        if entry.name.startswith(".") and not hidden:
+            self.left_out[HIDDEN] += 1
+            return None
+        try:
+            is_dir, is_link, is_file = entry.is_dir(), entry.is_symlink(), entry.is_file()
+        except OSError as exc:
+            self.unreadable.append((path, _os_reason(exc)))
+            return None
+        if not is_dir:
+            if files:
+                self.file(path, root, is_file=is_file)
+            return None
+        if is_link:
+            self.left_out[LINKED_FOLDER] += 1
+        elif (why := self.excluded(path)) is not None:
+            self.left_out[why] += 1
+        else:
+            return path
+        return None
+
+    def walk(self, folder: Path, root: Path) -> None:
+        """Every image below `folder` (just in it without `recursive`), output names relative to `root`."""
+        if (why := self.excluded(folder)) is not None:
+            self.left_out[why] += 1
+            return
+        stack = [folder]
+        while stack:
+            below = [sub for e in self.scan(stack.pop()) or [] if (sub := self.entry(e, root)) is not None]
+            if self.recursive:
+                stack.extend(reversed(below))
+
+    def glob(self, folder: Path, parts: Sequence[str], root: Path) -> None:
+        """Match the pattern `parts` below `folder` as `glob.glob(recursive=True)` does ('**' is any number of
+        folders; a wildcard does not match a leading '.'), walking a matched folder like a named one."""
+        if (why := self.excluded(folder)) is not None:
+            self.left_out[why] += 1
+            return
+        part, rest = parts[0], parts[1:]
+        if part == "**":
+            if not rest:
+                self.walk(folder, root)
+                return
+            self.glob(folder, rest, root)
+            for entry in self.scan(folder) or []:
+                if (sub := self.entry(entry, root, files=False)) is not None:
+                    self.glob(sub, parts, root)
+            return
+        if not _GLOB_MAGIC & set(part):
+            target = folder / part
+            if target.is_dir() and rest:
+                self.glob(target, rest, root)
+            elif target.is_dir():
+                self.walk(target, root)
+            elif not rest and (target.exists() or target.is_symlink()):
+                if (why := self.excluded(target)) is not None:
+                    self.left_out[why] += 1
+                else:
+                    self.file(target, root, is_file=target.is_file())
+            return
+        hidden = part.startswith(".")
+        for entry in self.scan(folder) or []:
+            if entry.name.startswith(".") and not hidden:
+                continue  # as glob: not a match, so not counted either
+            if not fnmatch.fnmatchcase(entry.name, part):
+                continue
+            sub = self.entry(entry, root, files=not rest, hidden=hidden)  # a file matched by the last part is kept
+            if sub is not None and rest:
+                self.glob(sub, rest, root)
+            elif sub is not None:
+                self.walk(sub, root)
+
+    def summary(self) -> str:
+        """'; left out: hidden: 2, symlinked folder: 1' for the messages of empty inputs ('' when nothing was)."""
+        if not self.left_out:
+            return ""
+        return "; left out: " + ", ".join(f"{why}: {n}" for why, n in sorted(self.left_out.items()))
 
 
 def list_inputs(
-    inputs: Sequence[str | Path], *, recursive: bool = True, suffixes: Sequence[str] = IMAGE_SUFFIXES
-) -> list[InputItem]:
-    """Expand files, folders and glob patterns into a sorted, de-duplicated list of image files.
+    inputs: Sequence[str | Path],
+    *,
+    recursive: bool = True,
+    suffixes: Sequence[str] = IMAGE_SUFFIXES,
+    exclude: Mapping[str | Path, str] | None = None,
+) -> InputListing:
+    """Expand files, folders and glob patterns into a sorted, de-duplicated listing of image files.
 
     A file named directly is taken whatever its suffix (reading it reports a bad one). Folders are walked
     (recursively unless `recursive=False`) and globs expanded (`**` allowed), keeping files whose suffix is
-    in `suffixes` (any case); a folder matched by a glob is walked like a named folder. Hidden files and
-    folders (leading '.') are skipped. The list is sorted by `relative`, then path; a file reached twice is
-    kept once. Raises `UsageError` for an input that does not exist, a folder or glob that yields no image,
-    or two different files that would mirror to the same output name.
+    in `suffixes` (any case); a folder matched by a glob is walked like a named folder. `exclude` maps folders to
+    the reason nothing in them is an input (a run's output folders): files, folders and matches inside one are
+    left out. What is left out on purpose is counted by reason, and folders that cannot be read are listed with
+    why (see `InputListing`); neither is an error here. The items are sorted by `relative`, then path; a file
+    reached twice is kept once. Raises `UsageError` for an input that does not exist, a folder or glob that yields
+    no image and no unreadable folder, or two different files that would mirror to the same output name.
     """
     suffixes = tuple(s.lower() for s in suffixes)
-    items: list[InputItem] = []
+    lister = _Lister(recursive=recursive, suffixes=suffixes, exclude={Path(k): v for k, v in (exclude or {}).items()})
     for raw in inputs:
         text = str(raw)
         path = Path(text)
+        before = (len(lister.found), len(lister.unreadable))
         if path.is_file():
-            items.append(InputItem(path, PurePosixPath(path.name)))
+            if (why := lister.excluded(path)) is not None:
+                lister.left_out[why] += 1
+            else:
+                lister.found.append(InputItem(path, PurePosixPath(path.name)))
         elif path.is_dir():
-            found = _walk_folder(path, recursive=recursive, suffixes=suffixes)
-            if not found:
-                raise UsageError(f"folder '{path}' holds no images (looked for {', '.join(suffixes)})")
-            items.extend(InputItem(p, _relative_posix(p, path)) for p in found)
+            lister.walk(path, path)
+            if (len(lister.found), len(lister.unreadable)) == before:
+                raise UsageError(f"folder '{path}' holds no images (looked for {', '.join(suffixes)}"
+                                 f"{lister.summary()})")
         elif _GLOB_MAGIC & set(text):
             root = _glob_root(text)
-            found = []
-            for match in sorted(glob.glob(text, recursive=True)):
-                mpath = Path(match)
-                if _is_hidden(mpath.relative_to(root).parts):
-                    continue
-                if mpath.is_dir():
-                    found.extend(_walk_folder(mpath, recursive=recursive, suffixes=suffixes))
-                elif mpath.is_file() and _has_image_suffix(mpath, suffixes):
-                    found.append(mpath)
-            if not found:
-                raise UsageError(f"no images match '{text}' (looked for {', '.join(suffixes)})")
-            items.extend(InputItem(p, _relative_posix(p, root)) for p in found)
+            lister.glob(root, Path(text).parts[len(root.parts):], root)
+            if (len(lister.found), len(lister.unreadable)) == before:
+                raise UsageError(f"no images match '{text}' (looked for {', '.join(suffixes)}{lister.summary()})")
         else:
             raise UsageError(f"input '{text}' does not exist; give an image file, a folder or a glob pattern")
 
+    if not lister.found and not lister.unreadable:
+        raise UsageError(f"no images to read{lister.summary()}")
     unique: dict[Path, InputItem] = {}
-    for item in items:
+    for item in lister.found:
         unique.setdefault(item.path.resolve(), item)
     result = sorted(unique.values(), key=lambda it: (str(it.relative), str(it.path)))
     # Outputs replace the suffix: 'a.jpg' and 'a.png', or 'x.jpg' from two folders, would overwrite each other.
@@ -136,7 +279,8 @@ def list_inputs(
                 "them into separate output folders"
             )
         seen[stem] = item
-    return result
+    unreadable = tuple(dict.fromkeys(lister.unreadable))
+    return InputListing(tuple(result), unreadable, dict(sorted(lister.left_out.items())))
 
 
 def safe_output_path(out_dir: Path, relative: PurePosixPath, suffix: str) -> Path:

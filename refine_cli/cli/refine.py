@@ -20,7 +20,7 @@ from refine_cli import io
 from refine_cli.cli.common import cli_errors, console, err_console, refiner_side, refiner_side_option
 from refine_cli.config import PipelineConfig
 from refine_cli.ops import available_backends
-from refine_cli.pipeline import FolderOptions, FolderSummary, Refiner
+from refine_cli.pipeline import FolderOptions, FolderSummary, Refiner, output_folders
 from refine_cli.pipeline.distributed import Shard, gather_summaries, shard_from_env
 
 DEFAULT = PipelineConfig()
@@ -70,6 +70,8 @@ def _summary_table(summary: FolderSummary, title: str) -> Table:
     table.add_row("processed", str(summary.processed))
     table.add_row("skipped (already done)", str(summary.skipped))
     table.add_row("failed", f"[red]{len(summary.failed)}[/]" if summary.failed else "0")
+    if summary.left_out:
+        table.add_row("left out on purpose", ", ".join(f"{why}: {n}" for why, n in summary.left_out.items()))
     table.add_row("time", f"{summary.seconds:.1f} s")
     table.add_row("throughput", f"{summary.images_per_s:.2f} img/s")
     table.add_row("device", summary.device)
@@ -97,7 +99,7 @@ def _run(
     interrupted = False
     with cli_errors():
         shard: Shard | None = shard_from_env(device)
-        items = io.list_inputs(inputs)
+        listing = io.list_inputs(inputs, exclude=output_folders(out))
         model = Refiner(
             base=None if masks is not None else base,
             refiner=refiner,
@@ -116,11 +118,12 @@ def _run(
             with view.status("preparing the propagation kernels (the C++ one is compiled on first use, ~20 s)"):
                 available_backends(model.device)
         events = model.refine_items(
-            items, out, masks_dir=masks, num_classes=num_classes,
+            listing, out, masks_dir=masks, num_classes=num_classes,
             options=FolderOptions(overwrite=overwrite, overlay=overlay, save_probs=save_probs, save_coarse=save_coarse),
             shard=(shard.rank, shard.world) if shard is not None else None,
         )
-        total = len(items[shard.rank :: shard.world]) if shard is not None else len(items)
+        mine = listing.shard(shard.rank, shard.world) if shard is not None else listing
+        total, summary.left_out = len(mine), dict(mine.left_out)
         start = time.perf_counter()
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Speed(),
                    TimeRemainingColumn())

@@ -5,6 +5,7 @@ The CLI, the examples, the benchmarks and the evaluation all go through it.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 from os import PathLike
@@ -20,12 +21,14 @@ from refine_cli.device import describe, resolve_device
 from refine_cli.errors import InputError, UsageError
 from refine_cli.labels import voc_palette
 from refine_cli.pipeline.engine import PRECISIONS, Engine, Network, Precision, StageTimes, load_network, stack_images
-from refine_cli.pipeline.folder import FileEvent, FolderOptions, FolderSummary, Outputs, find_mask, run_folder
+from refine_cli.pipeline.folder import (
+    FileEvent, FolderOptions, FolderSummary, Outputs, find_mask, output_folders, run_folder,
+)
 from refine_cli.pipeline.stream import Failure, Job, RefineResult, stream
 
 __all__ = [
     "PRECISIONS", "FileEvent", "Failure", "FolderOptions", "FolderSummary", "Outputs", "RefineResult", "Refiner",
-    "StageTimes", "find_mask",
+    "StageTimes", "find_mask", "output_folders",
 ]
 
 DEFAULT = PipelineConfig()
@@ -175,15 +178,16 @@ class Refiner:
         shard: tuple[int, int] | None = None,
     ) -> Iterator[FileEvent]:
         """Refine files, folders (recursive) and globs into `out_dir`, mirroring the input tree; finished outputs are
-        skipped unless `options.overwrite`. Yields a FileEvent per input (see `refine_items`)."""
-        items = io.list_inputs([str(p) for p in inputs])
+        skipped unless `options.overwrite`, and nothing in `out_dir`'s output folders is read as an input. Yields a
+        FileEvent per input (see `refine_items`)."""
+        listing = io.list_inputs([str(p) for p in inputs], exclude=output_folders(Path(out_dir)))
         return self.refine_items(
-            items, out_dir, masks_dir=masks_dir, num_classes=num_classes, options=options, shard=shard
+            listing, out_dir, masks_dir=masks_dir, num_classes=num_classes, options=options, shard=shard
         )
 
     def refine_items(
         self,
-        items: Sequence[io.InputItem],
+        items: io.InputListing | Sequence[io.InputItem],
         out_dir: str | PathLike[str],
         *,
         masks_dir: str | PathLike[str] | None = None,
@@ -191,15 +195,20 @@ class Refiner:
         options: FolderOptions = FolderOptions(),
         shard: tuple[int, int] | None = None,
     ) -> Iterator[FileEvent]:
-        """`refine_folder` on an already listed input set (`io.list_inputs`). `shard=(rank, world)` takes every
-        world-th item from the rank-th on, so several processes split one run without overlap."""
+        """`refine_folder` on an already listed input set (`io.list_inputs`): a "failed" FileEvent for each folder
+        the listing could not read, then one per item. `shard=(rank, world)` takes every world-th item from the
+        rank-th on (the unreadable folders go to rank 0), so several processes split one run without overlap."""
+        listing = items if isinstance(items, io.InputListing) else io.InputListing(tuple(items))
         if shard is not None:
-            rank, world = shard
-            items = items[rank::world]
+            listing = listing.shard(*shard)
         if self.base is None and masks_dir is None:
             raise UsageError("no base segmenter: give --masks DIR with coarse masks, or a --base network")
-        return run_folder(
-            items,
+        unreadable = [
+            FileEvent("failed", folder, PurePosixPath(folder.name), f"cannot read folder '{folder}': {why}")
+            for folder, why in listing.unreadable
+        ]
+        return itertools.chain(unreadable, run_folder(
+            listing.items,
             Path(out_dir),
             options=options,
             palette=self.palette,
@@ -207,7 +216,7 @@ class Refiner:
             masks_dir=Path(masks_dir) if masks_dir is not None else None,
             writers=self.writers,
             times=self.engine.times,
-        )
+        ))
 
     def _stream(
         self, jobs: Iterable[Job], *, num_classes: int | None, return_probs: bool

@@ -57,6 +57,12 @@ def plan_outputs(out_dir: Path, relative: PurePosixPath, options: FolderOptions)
     )
 
 
+def output_folders(out_dir: Path) -> dict[Path, str]:
+    """The folders a run writes under `out_dir` (whichever outputs it is asked for), as `io.list_inputs(exclude=)`
+    takes them: outputs are never read as inputs, even with `out_dir` inside an input folder."""
+    return {out_dir / name: "output folder" for name in ("masks", "overlays", "probs", "coarse")}
+
+
 def find_mask(masks_dir: Path, relative: PurePosixPath) -> Path | None:
     """The coarse mask for an input: same relative folder and stem under `masks_dir`, any image suffix
     (PNG first)."""
@@ -92,6 +98,7 @@ class FolderSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     device: str = ""
+    left_out: dict[str, int] = field(default_factory=dict)  # entries the listing skipped on purpose, by reason
 
     def add(self, event: FileEvent) -> None:
         if event.status == "done":
@@ -110,6 +117,8 @@ class FolderSummary:
         self.skipped += other.skipped
         self.failed.extend(other.failed)
         self.seconds = max(self.seconds, other.seconds)
+        for why, count in other.left_out.items():
+            self.left_out[why] = self.left_out.get(why, 0) + count
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +129,7 @@ class FolderSummary:
             "seconds": round(self.seconds, 3),
             "images_per_s": round(self.images_per_s, 3),
             "device": self.device,
+            "left_out": dict(self.left_out),
         }
 
     @classmethod
@@ -130,6 +140,7 @@ class FolderSummary:
             failed=[(f["path"], f["reason"]) for f in d["failures"]],
             seconds=d["seconds"],
             device=d.get("device", ""),
+            left_out=dict(d.get("left_out", {})),
         )
 
 
