@@ -270,7 +270,7 @@ def test_read_palette_mask_keeps_indices(tmp_path: Path) -> None:
     img.putpalette([v for c in voc_palette(256) for v in c])
     img.save(tmp_path / "p.png")
     out = io.read_mask(tmp_path / "p.png", num_classes=21)
-    assert out.dtype == np.int64
+    assert out.dtype == np.uint8 and out.flags.writeable  # the smallest type that holds the labels
     np.testing.assert_array_equal(out, labels)
     with pytest.raises(InputError, match="20"):
         io.read_mask(tmp_path / "p.png", num_classes=5)
@@ -325,9 +325,22 @@ def test_write_mask_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(io.read_mask(path, num_classes=4), labels)
     assert io.mask_palette_from_file(path)[:4] == palette
     assert io.mask_palette_from_file(tmp_path / "sub" / "m.png") is not None
-    with pytest.raises(UsageError, match="0..255"):
-        io.write_mask(tmp_path / "x.png", np.full((2, 2), 300), palette)
+    with pytest.raises(UsageError, match="0..65535"):
+        io.write_mask(tmp_path / "x.png", np.full((2, 2), 70000), palette)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_masks_with_300_classes_are_written_as_16bit_png(tmp_path: Path) -> None:
+    labels = np.arange(300 * 4).reshape(30, 40) % 300
+    io.write_mask(tmp_path / "deep.png", labels, [(0, 0, 0)])
+    with Image.open(tmp_path / "deep.png") as img:
+        assert img.mode.startswith("I;16")
+    back = io.read_mask(tmp_path / "deep.png")
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, labels)  # 255 is class 255 here, not unknown
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "deep.png", num_classes=300), labels)
+    colours = io.colorize(labels, [(0, 0, 0)])
+    assert colours.shape == (30, 40, 3) and len(np.unique(colours.reshape(-1, 3), axis=0)) == 300
 
 
 def test_write_overlay_and_probs(tmp_path: Path) -> None:

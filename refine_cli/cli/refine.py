@@ -33,7 +33,8 @@ Base = Annotated[str, typer.Option("--base", help="Base segmenter: a checkpoint 
                                    rich_help_panel=MODELS)]
 Masks = Annotated[Optional[Path], typer.Option(
     "--masks", help="Refine coarse masks from this folder instead of running a base segmenter (matched by relative "
-    "path and stem; palette, grey-index or binary 0/255 PNGs).", exists=True, file_okay=False, rich_help_panel=MODELS)]
+    "path and stem; palette, grey-index or binary 0/255 PNGs; 255 in a mask with other labels is unknown).",
+    exists=True, file_okay=False, rich_help_panel=MODELS)]
 NumClasses = Annotated[Optional[int], typer.Option(
     "--num-classes", min=2, help="Class count of the --masks (default: read from each mask).", rich_help_panel=MODELS)]
 Overlay = Annotated[bool, typer.Option("--overlay/--no-overlay", help="Also write overlays/<path>.jpg.",
@@ -52,8 +53,8 @@ BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="I
                       f"{DEFAULT.gpu_batch_size} on a GPU, {DEFAULT.cpu_batch_size} on a CPU).", rich_help_panel=RUN)]
 Precision = Annotated[str, typer.Option("--precision", help="fp32, or fp16 / bf16 autocast (fp16 needs a GPU).",
                                         rich_help_panel=RUN)]
-MaxSide = Annotated[int, typer.Option("--max-side", min=16, help="Images with a longer side run scaled down to it.",
-                                      rich_help_panel=RUN)]
+MaxSide = Annotated[int, typer.Option("--max-side", min=16, help="Images with a longer side are decoded scaled down "
+                                      "to it (their masks still come back at full size).", rich_help_panel=RUN)]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile both networks (GPU).", rich_help_panel=RUN)]
 Workers = Annotated[int, typer.Option("--workers", min=1, help="Decoding threads.", rich_help_panel=RUN)]
 

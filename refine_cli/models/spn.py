@@ -63,6 +63,9 @@ class SPNRefiner(nn.Module):
         coarse map: at CPU budgets the released form ended worse than its input, on training images too.
     """
 
+    # The encoder's 4x4 stride-2 convolution (padding 1) needs two pixels each way; the pipeline pads smaller inputs.
+    min_side = 2
+
     def __init__(
         self,
         *,
@@ -93,7 +96,7 @@ class SPNRefiner(nn.Module):
             nn.init.zeros_(self.decode_out.bias)
 
     def forward(self, image: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-        """image: (N, 3, H, W) float, normalised for the guidance network (ImageNet mean/std, RGB), H, W >= 2.
+        """image: (N, 3, H, W) float, normalised for the guidance network (ImageNet mean/std, RGB), H, W >= `min_side`.
         coarse: (N, K, H, W) float class probabilities in [0, 1] (K any for the universal form, `classes` for
             the joint form).
         Returns refined logits (N, K, H, W), float, in coarse's dtype."""

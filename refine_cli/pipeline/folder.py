@@ -150,8 +150,9 @@ def write_outputs(
     """All files of one result, each atomically."""
     start = time.perf_counter()
     io.write_mask(outputs.mask, result.labels, palette)
-    if outputs.overlay is not None:
-        io.write_overlay(outputs.overlay, result.image, result.labels, palette)
+    if outputs.overlay is not None:  # drawn on the image the networks saw: the working size for large images
+        io.write_overlay(outputs.overlay, result.image, io.resize_labels(result.labels, result.image.shape[:2]),
+                         palette)
     if outputs.probs is not None and result.probs is not None:
         io.write_probs(outputs.probs, result.probs)
     if outputs.coarse is not None:
