@@ -199,7 +199,7 @@ def class_map_at(scores: torch.Tensor, size: tuple[int, int], *, band_pixels: in
     left, right = small[:, cols_lo], small[:, cols_hi]
     below = torch.arange(h, device=scores.device).add(1).clamp_max(h - 1)
     mixed_from = (left != right) | (left != left[below]) | (left[below] != right[below])
-    per_pixel = scores.permute(1, 2, 0).reshape(h * w, k)  # each pixel's K scores side by side, for gathering
+    flat = scores.reshape(k, h * w)
     out = np.empty((height, width), dtype=dtype)
     band = max(1, band_pixels // width)
     for top in range(0, height, band):
@@ -207,11 +207,11 @@ def class_map_at(scores: torch.Tensor, size: tuple[int, int], *, band_pixels: in
         labels = left[lo]
         y, x = mixed_from[lo].nonzero(as_tuple=True)
         if len(y):
-            x0, x1, tx, ty = cols_lo[x], cols_hi[x], cols_t[x, None], t[y, None]
+            x0, x1, tx, ty = cols_lo[x], cols_hi[x], cols_t[x], t[y]
             upper, lower = lo[y] * w, hi[y] * w
-            first = per_pixel[upper + x0] * (1 - tx) + per_pixel[upper + x1] * tx
-            second = per_pixel[lower + x0] * (1 - tx) + per_pixel[lower + x1] * tx
-            labels[y, x] = (first * (1 - ty) + second * ty).max(1).indices.to(labels.dtype)
+            first = flat[:, upper + x0] * (1 - tx) + flat[:, upper + x1] * tx
+            second = flat[:, lower + x0] * (1 - tx) + flat[:, lower + x1] * tx
+            labels[y, x] = (first * (1 - ty) + second * ty).max(0).indices.to(labels.dtype)  # (K, pixels) -> best
         out[top : top + len(lo)] = labels.cpu().numpy()
     return out
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from refine_cli import Refiner, io
 from refine_cli.errors import InputError
-from refine_cli.pipeline.engine import fill_unknown, masks_to_probs
+from refine_cli.pipeline.engine import class_map_at, fill_unknown, masks_to_probs
 
 
 def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -179,3 +179,21 @@ def test_mask_rule_rejects_what_no_file_could_hold():
     with pytest.raises(InputError, match="labels above 65535"):
         io.mask_labels(np.full((4, 4), 1 << 20))
     assert io.mask_labels(np.array([[0, 300]])).dtype == np.uint16
+
+
+# ------------------------------------------------------------------------------------------ full-size labels
+
+
+@pytest.mark.parametrize("k,small,size", [(5, (20, 30), (77, 131)), (3, (64, 48), (640, 480)), (8, (7, 9), (7, 9)),
+                                          (2, (1, 5), (3, 40)), (300, (6, 8), (50, 70))])
+def test_full_size_labels_are_the_argmax_of_the_resized_probabilities(k: int, small: tuple[int, int],
+                                                                     size: tuple[int, int]):
+    g = torch.Generator().manual_seed(k)
+    coarse = torch.randn(1, k, max(1, small[0] // 4), max(1, small[1] // 4), generator=g) * 3
+    probs = torch.nn.functional.interpolate(coarse, size=small, mode="bilinear")[0].softmax(0)
+    got = class_map_at(probs, size, band_pixels=1000)  # many bands
+    resized = torch.nn.functional.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
+    best = resized.topk(2, 0).values
+    clear = (best[0] - best[1] > 1e-5).numpy()  # pixels whose best class does not hang on rounding
+    assert got.dtype == (np.uint8 if k <= 256 else np.uint16) and got.shape == size
+    np.testing.assert_array_equal(got[clear], resized.argmax(0).numpy()[clear])
