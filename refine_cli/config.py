@@ -181,7 +181,8 @@ class PipelineConfig:
     base / refiner: names of the bundled default checkpoints (weights/<name>.pt).
     batch_size: None picks 8 on a GPU and 1 on a CPU (a CPU gains nothing from batching; a batch that runs out
         of GPU memory is halved and retried).
-    max_side: images whose long side exceeds this run scaled down, and their probabilities are resized back.
+    max_side: images whose long side exceeds this are decoded scaled down to it and run at that size; their labels
+        come back at full size.
     cpu_refiner_side / gpu_refiner_side: on that device, the long side above which the refiner runs on a scaled-down
         copy (image and coarse probabilities) and its logits are resized back; None: the working size. On a CPU the
         refiner's cost then stops growing with the image (at 512 px it costs about a third); on a GPU it is cheap at any

@@ -38,18 +38,22 @@ def test_list_inputs_files_folders_globs(tmp_path: Path) -> None:
     (root / "notes.txt").write_text("x")
     single = _touch_png(tmp_path / "single.png")
 
-    items = io.list_inputs([root])
-    assert [it.relative for it in items] == [PurePosixPath("a.png"), PurePosixPath("sub/b.PNG")]
-    assert [it.path for it in items] == [a, b]
+    listing = io.list_inputs([root])
+    assert [it.relative for it in listing.items] == [PurePosixPath("a.png"), PurePosixPath("sub/b.PNG")]
+    assert [it.path for it in listing.items] == [a, b]
+    assert listing.left_out == {"hidden": 2, "not an image": 1} and listing.unreadable == ()
 
-    assert [it.relative for it in io.list_inputs([root], recursive=False)] == [PurePosixPath("a.png")]
+    assert [it.relative for it in io.list_inputs([root], recursive=False).items] == [PurePosixPath("a.png")]
 
     # A glob mirrors paths from its fixed root; a file named directly is just its name; duplicates go.
     # (glob matching is case-sensitive like the shell's: '*.png' does not take 'b.PNG')
-    items = io.list_inputs([str(root / "**" / "*.png"), single, str(root / "a.png")])
+    items = io.list_inputs([str(root / "**" / "*.png"), single, str(root / "a.png")]).items
     assert [(str(it.relative), it.path) for it in items] == [("a.png", a), ("single.png", single)]
-    globbed = io.list_inputs([str(tmp_path / "*" / "sub" / "*.PNG")])
+    globbed = io.list_inputs([str(tmp_path / "*" / "sub" / "*.PNG")]).items
     assert [it.relative for it in globbed] == [PurePosixPath("data/sub/b.PNG")]
+    # A folder matched by a glob is walked like a named one; a hidden part named in the pattern is taken.
+    assert [str(it.relative) for it in io.list_inputs([str(tmp_path / "d*")]).items] == ["data/a.png", "data/sub/b.PNG"]
+    assert [str(it.relative) for it in io.list_inputs([str(root / ".hid*" / "*.png")]).items] == [".hidden/c.png"]
 
 
 def test_list_inputs_errors(tmp_path: Path) -> None:
@@ -65,6 +69,80 @@ def test_list_inputs_errors(tmp_path: Path) -> None:
     _touch_png(tmp_path / "y" / "same.png")
     with pytest.raises(UsageError, match="same output"):
         io.list_inputs([tmp_path / "x" / "same.png", tmp_path / "y" / "same.png"])
+
+
+def test_out_inside_input_is_never_read(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    a = _touch_png(root / "a.png")
+    out = root / "results"
+    for kind in ("masks", "overlays", "probs", "coarse"):
+        _touch_png(out / kind / "a.png")  # what an earlier run wrote
+    exclude = {out / kind: "output folder" for kind in ("masks", "overlays", "probs", "coarse")}
+    for inputs in ([root], [str(root / "**" / "*.png")], [str(root / "*")]):
+        listing = io.list_inputs(inputs, exclude=exclude)
+        assert [it.path for it in listing.items] == [a], inputs
+        assert listing.left_out == {"output folder": 4}, inputs
+    # Named directly, or as the folder walked: still left out, and an input of nothing else is a usage error.
+    listing = io.list_inputs([a, out / "masks" / "a.png"], exclude=exclude)
+    assert [it.path for it in listing.items] == [a] and listing.left_out == {"output folder": 1}
+    with pytest.raises(UsageError, match="output folder: 1"):
+        io.list_inputs([out / "masks"], exclude=exclude)
+
+
+def _refuse_to_scan(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """os.scandir fails on `folder` as it does for a user without read permission (root reads any folder, so a
+    chmod alone would not show it here)."""
+    real = os.scandir
+
+    def scandir(path: object = ".") -> object:
+        if Path(os.fspath(path)).resolve() == folder.resolve():
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(io.os, "scandir", scandir)
+
+
+def test_unreadable_folder_is_reported_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "in"
+    a = _touch_png(root / "a.png")
+    _touch_png(root / "locked" / "b.png")
+    _refuse_to_scan(monkeypatch, root / "locked")
+    for inputs in ([root], [str(root / "**" / "*.png")], [str(tmp_path / "i*")]):
+        listing = io.list_inputs(inputs)
+        assert [it.path for it in listing.items] == [a], inputs
+        assert listing.unreadable == ((root / "locked", "permission denied"),), inputs
+        assert len(listing) == 2  # one outcome each: a refined, locked failed
+    # A folder holding nothing readable is a failure to report, not "no images".
+    only = io.list_inputs([root / "locked"])
+    assert only.items == () and only.unreadable == ((root / "locked", "permission denied"),)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder; the monkeypatched test above covers it")
+def test_unreadable_folder_is_reported_by_name_chmod(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    _touch_png(root / "a.png")
+    _touch_png(root / "locked" / "b.png")
+    (root / "locked").chmod(0)
+    try:
+        assert io.list_inputs([root]).unreadable == ((root / "locked", "permission denied"),)
+    finally:
+        (root / "locked").chmod(0o755)
+
+
+def test_symlinked_folders_and_hidden_files_are_counted(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    a = _touch_png(root / "a.png")
+    _touch_png(root / ".thumb.png")
+    _touch_png(root / ".cache" / "c.png")
+    elsewhere = _touch_png(tmp_path / "elsewhere" / "e.png").parent
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (root / "up").symlink_to(root, target_is_directory=True)  # a loop, never entered
+    (root / "notes.txt").write_text("x")
+    listing = io.list_inputs([root])
+    assert [it.path for it in listing.items] == [a]
+    assert listing.left_out == {"hidden": 2, "not an image": 1, "symlinked folder": 2}
+    # Named directly, a linked folder is walked.
+    assert [str(it.relative) for it in io.list_inputs([root / "linked"]).items] == ["e.png"]
 
 
 def test_safe_output_path(tmp_path: Path) -> None:
@@ -192,7 +270,7 @@ def test_read_palette_mask_keeps_indices(tmp_path: Path) -> None:
     img.putpalette([v for c in voc_palette(256) for v in c])
     img.save(tmp_path / "p.png")
     out = io.read_mask(tmp_path / "p.png", num_classes=21)
-    assert out.dtype == np.int64
+    assert out.dtype == np.uint8 and out.flags.writeable  # the smallest type that holds the labels
     np.testing.assert_array_equal(out, labels)
     with pytest.raises(InputError, match="20"):
         io.read_mask(tmp_path / "p.png", num_classes=5)
@@ -247,9 +325,22 @@ def test_write_mask_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(io.read_mask(path, num_classes=4), labels)
     assert io.mask_palette_from_file(path)[:4] == palette
     assert io.mask_palette_from_file(tmp_path / "sub" / "m.png") is not None
-    with pytest.raises(UsageError, match="0..255"):
-        io.write_mask(tmp_path / "x.png", np.full((2, 2), 300), palette)
+    with pytest.raises(UsageError, match="0..65535"):
+        io.write_mask(tmp_path / "x.png", np.full((2, 2), 70000), palette)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_masks_with_300_classes_are_written_as_16bit_png(tmp_path: Path) -> None:
+    labels = np.arange(300 * 4).reshape(30, 40) % 300
+    io.write_mask(tmp_path / "deep.png", labels, [(0, 0, 0)])
+    with Image.open(tmp_path / "deep.png") as img:
+        assert img.mode.startswith("I;16")
+    back = io.read_mask(tmp_path / "deep.png")
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, labels)  # 255 is class 255 here, not unknown
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "deep.png", num_classes=300), labels)
+    colours = io.colorize(labels, [(0, 0, 0)])
+    assert colours.shape == (30, 40, 3) and len(np.unique(colours.reshape(-1, 3), axis=0)) == 300
 
 
 def test_write_overlay_and_probs(tmp_path: Path) -> None:

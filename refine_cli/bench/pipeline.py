@@ -115,7 +115,7 @@ def bench_pipeline(
     Outputs are what `refine-cli refine` writes: masks, and overlays when `overlay`. `size` / `source` only label
     the report. `progress(message)` is called before each run. Every image must go through: a failed file raises
     InputError."""
-    items = io.list_inputs([str(p) for p in inputs])
+    items = io.list_inputs([str(p) for p in inputs]).items
     options: dict[str, Any] = {"device": device, "batch_size": batch_size, "precision": precision,
                                "compile": compile}
     if workers is not None:

@@ -83,7 +83,8 @@ def check(
     format: Annotated[DatasetFormat, typer.Option("--format", help="Layout of the dataset.")] = DatasetFormat.voc,
     split: Annotated[str, typer.Option(help="Split (list file) to check, e.g. train, val, train_aug.")] = "train",
     labels: Annotated[bool, typer.Option(help="Decode masks to check label values (slower).")] = True,
-    decode_images: Annotated[bool, typer.Option(help="Decode every image to catch truncated files.")] = False,
+    decode_images: Annotated[bool, typer.Option(help="Decode every image to catch truncated files (as training "
+                                                "does before it starts).")] = True,
     probs_cache: Annotated[Path | None, typer.Option(help="Also check this cache of coarse probabilities.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many problems.")] = 50,
 ) -> None:

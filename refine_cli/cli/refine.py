@@ -22,7 +22,7 @@ from refine_cli.cli import INTERRUPTED
 from refine_cli.cli.common import cli_errors, console, err_console, refiner_side, refiner_side_option
 from refine_cli.config import PipelineConfig
 from refine_cli.ops import available_backends
-from refine_cli.pipeline import FileEvent, FolderOptions, FolderSummary, Refiner
+from refine_cli.pipeline import FileEvent, FolderOptions, FolderSummary, Refiner, output_folders
 from refine_cli.pipeline.distributed import Shard, StoppedByRankZero, claim_for_run, gather_summaries, shard_from_env
 from refine_cli.pipeline.folder import drain_interrupted
 
@@ -36,7 +36,8 @@ Base = Annotated[str, typer.Option("--base", help="Base segmenter: a checkpoint 
                                    rich_help_panel=MODELS)]
 Masks = Annotated[Optional[Path], typer.Option(
     "--masks", help="Refine coarse masks from this folder instead of running a base segmenter (matched by relative "
-    "path and stem; palette, grey-index or binary 0/255 PNGs).", exists=True, file_okay=False, rich_help_panel=MODELS)]
+    "path and stem; palette, grey-index or binary 0/255 PNGs; 255 in a mask with other labels is unknown).",
+    exists=True, file_okay=False, rich_help_panel=MODELS)]
 NumClasses = Annotated[Optional[int], typer.Option(
     "--num-classes", min=2, help="Class count of the --masks (default: read from each mask).", rich_help_panel=MODELS)]
 Overlay = Annotated[bool, typer.Option("--overlay/--no-overlay", help="Also write overlays/<path>.jpg.",
@@ -55,8 +56,8 @@ BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="I
                       f"{DEFAULT.gpu_batch_size} on a GPU, {DEFAULT.cpu_batch_size} on a CPU).", rich_help_panel=RUN)]
 Precision = Annotated[str, typer.Option("--precision", help="fp32, or fp16 / bf16 autocast (fp16 needs a GPU).",
                                         rich_help_panel=RUN)]
-MaxSide = Annotated[int, typer.Option("--max-side", min=16, help="Images with a longer side run scaled down to it.",
-                                      rich_help_panel=RUN)]
+MaxSide = Annotated[int, typer.Option("--max-side", min=16, help="Images with a longer side are decoded scaled down "
+                                      "to it (their masks still come back at full size).", rich_help_panel=RUN)]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile both networks (GPU).", rich_help_panel=RUN)]
 Workers = Annotated[int, typer.Option("--workers", min=1, help="Decoding threads.", rich_help_panel=RUN)]
 
@@ -73,6 +74,8 @@ def _summary_table(summary: FolderSummary, title: str) -> Table:
     table.add_row("processed", str(summary.processed))
     table.add_row("skipped (already done)", str(summary.skipped))
     table.add_row("failed", f"[red]{len(summary.failed)}[/]" if summary.failed else "0")
+    if summary.left_out:
+        table.add_row("left out on purpose", ", ".join(f"{why}: {n}" for why, n in summary.left_out.items()))
     table.add_row("time", f"{summary.seconds:.1f} s")
     table.add_row("throughput", f"{summary.images_per_s:.2f} img/s")
     table.add_row("device", summary.device)
@@ -101,7 +104,7 @@ def _run(
         shard: Shard | None = shard_from_env(device)
         json_path = None if json_out in (None, "-") else io.check_writable_file(json_out, "--json")
         try:
-            items = io.list_inputs(inputs)
+            listing = io.list_inputs(inputs, exclude=output_folders(out))
             with claim_for_run(out, shard, "--out"):
                 try:
                     model = Refiner(
@@ -117,7 +120,7 @@ def _run(
                     )
                     options = FolderOptions(overwrite=overwrite, overlay=overlay, save_probs=save_probs,
                                             save_coarse=save_coarse)
-                    _refine_all(model, items, out, summary, view, shard, masks=masks, num_classes=num_classes,
+                    _refine_all(model, listing, out, summary, view, shard, masks=masks, num_classes=num_classes,
                                 options=options)
                 except KeyboardInterrupt:
                     summary.interrupted = True
@@ -156,20 +159,21 @@ def _exit_code(summary: FolderSummary, shard: Shard | None) -> int:
 
 
 def _refine_all(
-    model: Refiner, items: list[io.InputItem], out: Path, summary: FolderSummary, view: Console, shard: Shard | None,
+    model: Refiner, listing: io.InputListing, out: Path, summary: FolderSummary, view: Console, shard: Shard | None,
     *, masks: Path | None, num_classes: int | None, options: FolderOptions,
 ) -> None:
-    """Run `items` through `model` into `out`, adding every file's outcome to `summary` (after Ctrl-C too: the
-    writes already started finish and count)."""
+    """Run the listed inputs through `model` into `out`, adding every file's outcome to `summary` (after Ctrl-C too:
+    the writes already started finish and count)."""
     summary.device = model.describe_device()
     where = f" (rank {shard.rank} of {shard.world})" if shard is not None else ""
     view.print(f"[bold]device[/]: {summary.device}{where}", highlight=False)
     if model.refiner is not None:
         with view.status("preparing the propagation kernels (the C++ one is compiled on first use, ~20 s)"):
             available_backends(model.device)
-    events = model.refine_items(items, out, masks_dir=masks, num_classes=num_classes, options=options,
+    events = model.refine_items(listing, out, masks_dir=masks, num_classes=num_classes, options=options,
                                 shard=(shard.rank, shard.world) if shard is not None else None)
-    total = len(items[shard.rank :: shard.world]) if shard is not None else len(items)
+    mine = listing.shard(shard.rank, shard.world) if shard is not None else listing
+    total, summary.left_out = len(mine), dict(mine.left_out)
     start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Speed(), TimeRemainingColumn())
     with Progress(*columns, console=view, transient=True, disable=shard is not None and shard.rank != 0) as bar:

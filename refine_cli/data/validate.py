@@ -85,12 +85,15 @@ def ensure_valid(
     *,
     skip_bad: bool = False,
     check_labels: bool = True,
+    decode_images: bool = True,
     workers: int | None = None,
     progress: ProgressFn | None = None,
 ) -> SegmentationDataset:
     """`validate`, then raise a `DataError` listing the first bad pairs, or with `skip_bad` return the
-    dataset without them (a `DataError` still if nothing is left)."""
-    report = validate(dataset, check_labels=check_labels, workers=workers, progress=progress)
+    dataset without them (a `DataError` still if nothing is left). Images are decoded by default: a truncated
+    file has a sound header, and a check of headers alone would let it through to stop training later."""
+    report = validate(dataset, check_labels=check_labels, decode_images=decode_images, workers=workers,
+                      progress=progress)
     if report.ok:
         return dataset
     if not skip_bad:

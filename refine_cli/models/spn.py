@@ -67,6 +67,9 @@ class SPNRefiner(nn.Module):
         refiner doubts it and left alone elsewhere. Not in the release.
     """
 
+    # The encoder's 4x4 stride-2 convolution (padding 1) needs two pixels each way; the pipeline pads smaller inputs.
+    min_side = 2
+
     def __init__(
         self,
         *,
@@ -101,7 +104,7 @@ class SPNRefiner(nn.Module):
             nn.init.zeros_(self.decode_out.bias)
 
     def forward(self, image: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-        """image: (N, 3, H, W) float, normalised for the guidance network (ImageNet mean/std, RGB), H, W >= 2.
+        """image: (N, 3, H, W) float, normalised for the guidance network (ImageNet mean/std, RGB), H, W >= `min_side`.
         coarse: (N, K, H, W) float class probabilities in [0, 1] (K any for the universal form, `classes` for
             the joint form).
         Returns refined logits (N, K, H, W), float, in coarse's dtype: `keep * log(coarse) + correction` of

@@ -20,16 +20,18 @@ from refine_cli.device import describe, resolve_device
 from refine_cli.errors import InputError, UsageError
 from refine_cli.labels import voc_palette
 from refine_cli.pipeline.engine import PRECISIONS, Engine, Network, Precision, StageTimes, load_network, stack_images
-from refine_cli.pipeline.folder import FileEvent, FolderOptions, FolderSummary, Outputs, find_mask, run_folder
+from refine_cli.pipeline.folder import (
+    FileEvent, FolderOptions, FolderSummary, Outputs, find_mask, output_folders, run_folder,
+)
 from refine_cli.pipeline.stream import Failure, Job, RefineResult, stream
 
 __all__ = [
     "PRECISIONS", "FileEvent", "Failure", "FolderOptions", "FolderSummary", "Outputs", "RefineResult", "Refiner",
-    "StageTimes", "find_mask",
+    "StageTimes", "find_mask", "output_folders",
 ]
 
 DEFAULT = PipelineConfig()
-ImageLike = np.ndarray | Image.Image | str | PathLike[str]
+ImageLike = np.ndarray | torch.Tensor | Image.Image | str | PathLike[str]
 
 
 class Refiner:
@@ -42,7 +44,8 @@ class Refiner:
         is an error, never a silent CPU run.
     batch_size: images per batch; None: PipelineConfig's GPU / CPU default.
     precision: "fp32", or "fp16" / "bf16" autocast (fp16 on CUDA only).
-    max_side: long side above which images run scaled down (the result is resized back to the image).
+    max_side: long side above which images are decoded scaled down and run at that size (the labels come back at
+        the image's full size).
     refiner_side: long side above which the refiner runs on a scaled-down copy of the image and coarse
         probabilities, its logits resized back; None: at the working size; "auto": PipelineConfig's default for the
         device (256 on a CPU, None on a GPU).
@@ -124,22 +127,41 @@ class Refiner:
 
     # ------------------------------------------------------------------------------------------ inference
 
-    def refine(self, image: ImageLike, mask: ImageLike | None = None, *, return_probs: bool = False) -> RefineResult:
-        """Refine one image: an (H, W, 3) uint8 RGB array (or (H, W) grey), a PIL image or a file path; `mask` an
-        optional coarse label map (array, PIL image or file) used instead of the base segmenter."""
-        rgb = _as_rgb(image)
-        labels = None if mask is None else _as_labels(mask)
-        if labels is not None and labels.shape != rgb.shape[:2]:
-            raise InputError(f"mask is {labels.shape[::-1]} but the image is {rgb.shape[1::-1]}; sizes must match")
+    def refine(
+        self,
+        image: ImageLike,
+        mask: ImageLike | None = None,
+        *,
+        num_classes: int | None = None,
+        return_probs: bool = False,
+    ) -> RefineResult:
+        """Refine one image: a file path, a PIL image, or an array or tensor in numpy's (H, W, C) order, as
+        `io.image_to_rgb` takes it (uint8 RGB, grey, RGBA composited on white, uint16, float 0..1). `mask`: an
+        optional coarse label map used instead of the base segmenter, a file (`io.read_mask`), a PIL image or an
+        (H, W) array or tensor (`io.mask_labels`: 255 = unknown, a 0/255-only mask is binary), with `num_classes`
+        classes (default: from the mask). The labels come back at the image's size; an image whose long side
+        exceeds `max_side` runs scaled down, and `result.image` and the probabilities are at that working size."""
+        if isinstance(image, (str, PathLike)):
+            rgb, full = io.read_image_scaled(image, self.engine.max_side)
+        else:
+            whole = _as_rgb(image)
+            full = whole.shape[:2]
+            rgb = io.resize_rgb(whole, io.working_size(*full, self.engine.max_side))
+        labels = None if mask is None else _as_labels(mask, num_classes)
+        if labels is not None and labels.shape != full:
+            raise InputError(f"the mask is {labels.shape} but the image is {full} (height, width); a coarse mask must "
+                             "have its image's size")
         out = self.engine.run(
             stack_images([rgb], pin=False),
-            None if labels is None else torch.from_numpy(labels[None]),
+            None if labels is None else torch.from_numpy(io.resize_labels(labels, rgb.shape[:2]).astype(np.int32)[None]),
+            num_classes=num_classes,
+            out_sizes=[full],
             want_probs=return_probs,
             want_coarse_probs=return_probs,
         )
         return RefineResult(
             labels=out.labels[0],
-            coarse=out.coarse[0],
+            coarse=out.coarse[0] if labels is None else labels,
             image=rgb,
             probs=out.probs[0] if out.probs is not None else None,
             coarse_probs=out.coarse_probs[0] if out.coarse_probs is not None else None,
@@ -175,15 +197,16 @@ class Refiner:
         shard: tuple[int, int] | None = None,
     ) -> Generator[FileEvent, None, None]:
         """Refine files, folders (recursive) and globs into `out_dir`, mirroring the input tree; finished outputs are
-        skipped unless `options.overwrite`. Yields a FileEvent per input (see `refine_items`)."""
-        items = io.list_inputs([str(p) for p in inputs])
+        skipped unless `options.overwrite`, and nothing in `out_dir`'s output folders is read as an input. Yields a
+        FileEvent per input (see `refine_items`)."""
+        listing = io.list_inputs([str(p) for p in inputs], exclude=output_folders(Path(out_dir)))
         return self.refine_items(
-            items, out_dir, masks_dir=masks_dir, num_classes=num_classes, options=options, shard=shard
+            listing, out_dir, masks_dir=masks_dir, num_classes=num_classes, options=options, shard=shard
         )
 
     def refine_items(
         self,
-        items: Sequence[io.InputItem],
+        items: io.InputListing | Sequence[io.InputItem],
         out_dir: str | PathLike[str],
         *,
         masks_dir: str | PathLike[str] | None = None,
@@ -191,16 +214,21 @@ class Refiner:
         options: FolderOptions = FolderOptions(),
         shard: tuple[int, int] | None = None,
     ) -> Generator[FileEvent, None, None]:
-        """`refine_folder` on an already listed input set (`io.list_inputs`). `shard=(rank, world)` takes every
-        world-th item from the rank-th on, so several processes split one run without overlap; the caller then
-        claims `out_dir` once for all of them (`claim_output_folder`) before any starts."""
+        """`refine_folder` on an already listed input set (`io.list_inputs`): a "failed" FileEvent for each folder
+        the listing could not read, then one per item. `shard=(rank, world)` takes every world-th item from the
+        rank-th on (the unreadable folders go to rank 0), so several processes split one run without overlap; the
+        caller then claims `out_dir` once for all of them (`claim_output_folder`) before any starts."""
+        listing = items if isinstance(items, io.InputListing) else io.InputListing(tuple(items))
         if shard is not None:
-            rank, world = shard
-            items = items[rank::world]
+            listing = listing.shard(*shard)
         if self.base is None and masks_dir is None:
             raise UsageError("no base segmenter: give --masks DIR with coarse masks, or a --base network")
-        return run_folder(
-            items,
+        unreadable = [
+            FileEvent("failed", folder, PurePosixPath(folder.name), f"cannot read folder '{folder}': {why}")
+            for folder, why in listing.unreadable
+        ]
+        return _after(unreadable, run_folder(
+            listing.items,
             Path(out_dir),
             options=options,
             palette=self.palette,
@@ -209,7 +237,7 @@ class Refiner:
             writers=self.writers,
             times=self.engine.times,
             claim=shard is None,
-        )
+        ))
 
     def _stream(
         self, jobs: Iterable[Job], *, num_classes: int | None, return_probs: bool
@@ -225,6 +253,12 @@ class Refiner:
         )
 
 
+def _after(first: Iterable[FileEvent], events: Generator[FileEvent, None, None]) -> Generator[FileEvent, None, None]:
+    """`first`, then `events`, as one generator that hands Ctrl-C handling (throw, close) on to `events`."""
+    yield from first
+    yield from events
+
+
 def _load(
     choice: str | PathLike[str] | None, default: str, kind: str, device: torch.device, channels_last: bool
 ) -> Network | None:
@@ -234,29 +268,19 @@ def _load(
     return load_network(name, kind=kind, device=device, channels_last=channels_last)
 
 
-def _as_rgb(image: ImageLike) -> np.ndarray:
-    if isinstance(image, (str, PathLike)):
-        return io.read_image(image)
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise InputError(f"expected an (H, W, 3) RGB image array, got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        raise InputError(f"expected a uint8 image array, got {arr.dtype}; scale it to 0..255 first")
-    return np.ascontiguousarray(arr[:, :, :3])
+def _as_array(value: np.ndarray | torch.Tensor | Image.Image) -> np.ndarray | Image.Image:
+    """A tensor as the numpy array it holds (any device; half precision widened), anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return (value.float() if value.is_floating_point() else value).numpy()
+    return value
 
 
-def _as_labels(mask: ImageLike) -> np.ndarray:
+def _as_rgb(image: np.ndarray | torch.Tensor | Image.Image) -> np.ndarray:
+    return io.image_to_rgb(_as_array(image), what="the image")
+
+
+def _as_labels(mask: ImageLike, num_classes: int | None) -> np.ndarray:
     if isinstance(mask, (str, PathLike)):
-        return io.read_mask(mask)
-    arr = np.asarray(mask)
-    if arr.ndim != 2:
-        raise InputError(f"expected an (H, W) label map, got shape {arr.shape}")
-    arr = arr.astype(np.int64)
-    values = np.unique(arr)
-    if 255 in values and set(values.tolist()) <= {0, 255}:
-        arr = arr // 255  # a binary 0/255 mask, as io.read_mask reads one from a file
-    return arr
+        return io.read_mask(mask, num_classes=num_classes)
+    return io.mask_labels(_as_array(mask), num_classes=num_classes, what="the mask")

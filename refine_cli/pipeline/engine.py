@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refine_cli import weights
+from refine_cli import io, weights
+from refine_cli.io import working_size
+from refine_cli.labels import IGNORE_INDEX
 from refine_cli.errors import UsageError
 from refine_cli.models.spn import RESIDUAL_EPS, class_map, present_classes, suppress_absent_classes
 from refine_cli.transforms import normalize, resize_images, resized_shape
@@ -70,8 +72,8 @@ class StageTimes:
 
 @dataclass(frozen=True)
 class BatchOutput:
-    """Per image of a batch, on the CPU: refined labels (H, W) uint8 or int64 when K > 256, coarse labels, and the
-    refined / coarse probabilities (K, H, W) float32 when asked for."""
+    """Per image of a batch, on the CPU: refined labels (H, W) uint8 (uint16 when K > 256), coarse labels, and the
+    refined / coarse probabilities (K, h, w) float32 at the size the networks ran at, when asked for."""
 
     labels: list[np.ndarray]
     coarse: list[np.ndarray]
@@ -79,20 +81,152 @@ class BatchOutput:
     coarse_probs: list[np.ndarray] | None
 
 
-def masks_to_probs(masks: torch.Tensor, num_classes: int, *, ignore_index: int = 255) -> torch.Tensor:
-    """(N, H, W) integer labels -> (N, K, H, W) one-hot probabilities; ignored pixels get the uniform 1/K."""
-    ignored = masks == ignore_index
-    safe = masks.masked_fill(ignored, 0).long()
-    probs = F.one_hot(safe, num_classes).permute(0, 3, 1, 2).float()
-    return torch.where(ignored[:, None], torch.full_like(probs, 1.0 / num_classes), probs)
+def _neighbour_weights(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1] -> (N, 4, H, W): how much each pixel takes from its upper, lower, left and right
+    neighbour, exp(-|colour difference|^2 / (2 sigma^2)) normalised to sum 1 (across an image edge: near 0)."""
+    padded = F.pad(image, (1, 1, 1, 1), mode="replicate")
+    h, w = image.shape[-2:]
+    shifted = (padded[..., :h, 1:-1], padded[..., 2:, 1:-1], padded[..., 1:-1, :w], padded[..., 1:-1, 2:])
+    likeness = torch.stack([((s - image) ** 2).sum(1) for s in shifted], dim=1).div_(-2 * sigma**2).exp_()
+    likeness += 1e-6  # a pixel walled in on all four sides takes the plain mean
+    return likeness / likeness.sum(1, keepdim=True)
 
 
-def working_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
-    """The size the networks run at: the image's own, or scaled down so its long side is `max_side`."""
-    if not max_side or max(height, width) <= max_side:
-        return height, width
-    s = max_side / max(height, width)
-    return max(2, round(height * s)), max(2, round(width * s))
+def _neighbour_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(N, K, H, W) values -> each pixel's weighted mean of its four neighbours (`_neighbour_weights`)."""
+    padded = F.pad(values, (1, 1, 1, 1), mode="replicate")
+    h, w = values.shape[-2:]
+    up, down, left, right = weights[:, :, None].unbind(1)
+    return (up * padded[..., :h, 1:-1] + down * padded[..., 2:, 1:-1] + left * padded[..., 1:-1, :w]
+            + right * padded[..., 1:-1, 2:])
+
+
+def fill_unknown(
+    probs: torch.Tensor,
+    known: torch.Tensor,
+    image: torch.Tensor | None = None,
+    *,
+    sigma: float = 0.1,
+    steps: int = 8,
+    smooth_side: int = 512,
+) -> torch.Tensor:
+    """probs: (N, K, H, W) class probabilities, trusted where `known` (N, 1, H, W) bool is set. Returns them with every
+    unknown pixel given the probabilities of the known pixels around it; known pixels keep theirs.
+
+    A pyramid ("push-pull"): 2x2 averages of the known values and of their count, down to a level where every cell
+    holds some; then back up, each level taking its unknown share from the level above and, with `image` (N, 3, H, W)
+    RGB in [0, 1], smoothing that share `steps` times over neighbours weighted by colour likeness
+    (`_neighbour_weights`), so labels spread within a region of the image and stop at its edges. An unknown block
+    inside one class gets that class; an unknown band between two classes splits where the image changes colour
+    (without `image`: halfway). Uniform where nothing is known. Levels with a side above `smooth_side` are only
+    upsampled, which bounds the cost: on larger images the split is placed to within their scale to 512 px, and
+    the refiner sharpens it."""
+    weight = known.to(probs.dtype)
+    levels = [(probs * weight, weight, image)]
+    while not bool((weight > 0).all()) and (weight.shape[-2] > 1 or weight.shape[-1] > 1):
+        values, weight, picture = levels[-1]
+        weight = F.avg_pool2d(weight, 2, ceil_mode=True)
+        levels.append((F.avg_pool2d(values, 2, ceil_mode=True), weight,
+                       None if picture is None else F.avg_pool2d(picture, 2, ceil_mode=True)))
+    values, weight, _ = levels[-1]
+    filled = torch.where(weight > 0, values / weight.clamp_min(1e-12), torch.full_like(values, 1.0 / probs.shape[1]))
+    for values, weight, picture in reversed(levels[:-1]):
+        filled = F.interpolate(filled, size=values.shape[-2:], mode="bilinear", align_corners=False)
+        unknown = 1 - weight
+        if picture is None or max(values.shape[-2:]) > smooth_side:
+            filled = values + unknown * filled  # the known share as it is, the rest from the level above
+            continue
+        weights = _neighbour_weights(picture, sigma)
+        for _ in range(steps):
+            filled = values + unknown * _neighbour_mean(filled, weights)
+    return filled
+
+
+def masks_to_probs(
+    masks: torch.Tensor, num_classes: int, *, unknown: int | None = IGNORE_INDEX, image: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(N, H, W) integer labels -> (N, K, H, W) probabilities: one-hot where a label is given; pixels labelled
+    `unknown` (255; None when every value is a class) get the probabilities of the known pixels around them, along
+    the regions of `image` (N, 3, H, W) RGB in [0, 1] (`fill_unknown`), so the refiner places their boundaries where
+    the image has them, not by breaking a K-way tie."""
+    given = masks != unknown if unknown is not None else torch.ones_like(masks, dtype=torch.bool)
+    probs = F.one_hot(masks.masked_fill(~given, 0).long(), num_classes).permute(0, 3, 1, 2).float()
+    return probs if bool(given.all()) else fill_unknown(probs, given[:, None], image)
+
+
+def mask_classes(masks: torch.Tensor, num_classes: int | None) -> tuple[int, int | None]:
+    """The class count of coarse label maps and the value that means "unknown" in them. Without `num_classes`: the
+    largest label + 1, at least 2, where 255 is unknown and not counted; but when a label exceeds 255 (a 16-bit
+    mask) every value is a class. With more than 255 classes no value means unknown."""
+    if num_classes is None:
+        top = int(masks.max()) if masks.numel() else 0
+        if top > IGNORE_INDEX:
+            num_classes = top + 1
+        else:
+            num_classes = max(2, int(masks.masked_fill(masks == IGNORE_INDEX, 0).max()) + 1)
+    return num_classes, (IGNORE_INDEX if num_classes <= IGNORE_INDEX else None)
+
+
+def label_dtype(num_classes: int) -> type[np.unsignedinteger]:
+    """The type of label maps of `num_classes` classes: uint8 up to 256, else uint16 (16-bit PNG masks)."""
+    return np.uint8 if num_classes <= 256 else np.uint16
+
+
+def _source_positions(n_out: int, n_in: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each of `n_out` output positions along an axis of `n_in` inputs: the two input positions that bilinear
+    resizing (`align_corners=False`) blends and the weight of the second, as `F.interpolate` computes them."""
+    src = ((torch.arange(n_out, device=device, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
+    lo = src.floor().long().clamp_max(n_in - 1)
+    return lo, (lo + 1).clamp_max(n_in - 1), (src - lo).float()
+
+
+def class_map_at(scores: torch.Tensor, size: tuple[int, int], *, band_pixels: int = 1 << 22) -> np.ndarray:
+    """(K, h, w) class scores -> (H, W) labels (`label_dtype`): the argmax of the scores resized to `size` (bilinear,
+    as `F.interpolate(align_corners=False)`), without a (K, H, W) map at full size. An output pixel whose four
+    source pixels share their best class gets it (a convex combination of score vectors that agree on their argmax
+    keeps it); only the others, along class boundaries, are blended. Done a band of `band_pixels` output pixels at
+    a time, so a 2048 px working size comes back at 11,500 px holding little more than the labels."""
+    k, h, w = scores.shape
+    height, width = size
+    dtype = label_dtype(k)
+    small = class_map(scores[None])[0].to(torch.uint8 if k <= 256 else torch.int32)
+    if (height, width) == (h, w):
+        return small.cpu().numpy().astype(dtype)
+    rows_lo, rows_hi, rows_t = _source_positions(height, h, scores.device)
+    cols_lo, cols_hi, cols_t = _source_positions(width, w, scores.device)
+    # Source row r at the output's columns, and whether output pixels between rows r and r + 1 (the pair an output
+    # row blends when it starts at r) see more than one class among their four source pixels.
+    left, right = small[:, cols_lo], small[:, cols_hi]
+    below = torch.arange(h, device=scores.device).add(1).clamp_max(h - 1)
+    mixed_from = (left != right) | (left != left[below]) | (left[below] != right[below])
+    flat = scores.reshape(k, h * w)
+    out = np.empty((height, width), dtype=dtype)
+    band = max(1, band_pixels // width)
+    for top in range(0, height, band):
+        lo, hi, t = rows_lo[top : top + band], rows_hi[top : top + band], rows_t[top : top + band]
+        labels = left[lo]
+        y, x = mixed_from[lo].nonzero(as_tuple=True)
+        if len(y):
+            x0, x1, tx, ty = cols_lo[x], cols_hi[x], cols_t[x], t[y]
+            upper, lower = lo[y] * w, hi[y] * w
+            first = flat[:, upper + x0] * (1 - tx) + flat[:, upper + x1] * tx
+            second = flat[:, lower + x0] * (1 - tx) + flat[:, lower + x1] * tx
+            labels[y, x] = (first * (1 - ty) + second * ty).max(0).indices.to(labels.dtype)  # (K, pixels) -> best
+        out[top : top + len(lo)] = labels.cpu().numpy()
+    return out
+
+
+def min_side(module: nn.Module) -> int:
+    """The smallest height and width `module` takes: its `min_side` attribute, 1 when it has none."""
+    return int(getattr(module, "min_side", 1))
+
+
+def padded_to(x: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, C, h, w) padded at the bottom and right, repeating the edge pixels, to at least `side` each way."""
+    h, w = x.shape[-2:]
+    if h >= side and w >= side:
+        return x
+    return F.pad(x, (0, max(0, side - w), 0, max(0, side - h)), mode="replicate")
 
 
 # Suppressed classes' -inf logits are floored to this before resizing (interpolating -inf gives NaN), and set back to
@@ -157,9 +291,9 @@ class Engine:
             raise UsageError("no base segmenter loaded: give coarse masks (--masks) or a --base network")
         pre = self.base.meta.preprocess
         size = resized_shape(images.shape[-2], images.shape[-1], pre)
-        x = self._layout(normalize(resize_images(images, size), pre))
+        x = self._layout(padded_to(normalize(resize_images(images, size), pre), min_side(self.base.module)))
         with self._autocast():
-            logits = self.base.module(x)
+            logits = self.base.module(x)[..., : size[0], : size[1]]
         logits = F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
         return logits.softmax(dim=1)
 
@@ -193,16 +327,18 @@ class Engine:
         names in some image of the batch; the others get keep 0 and correction -inf."""
         assert self.refiner is not None
         module = self.refiner.module
-        x = self._layout(normalize(images, self.refiner.meta.preprocess))
+        h, w = images.shape[-2:]
+        side = min_side(module)  # smaller images are padded (edge pixels repeated) and the logits cropped back
+        x = self._layout(padded_to(normalize(images, self.refiner.meta.preprocess), side))
         k = coarse.shape[1]
         if module.per_class:
             present = votes.any(0).nonzero().flatten()
             with self._autocast():
-                keep_sub, correction_sub = module.forward_parts(x, coarse[:, present])
+                keep_sub, correction_sub = module.forward_parts(x, padded_to(coarse[:, present], side))
             correction = torch.full_like(coarse, float("-inf"))
-            correction[:, present] = correction_sub.float()
+            correction[:, present] = correction_sub[..., :h, :w].float()
             keep = torch.zeros_like(coarse)
-            keep[:, present] = keep_sub.float().expand_as(correction_sub)
+            keep[:, present] = keep_sub.float().expand_as(correction_sub)[..., :h, :w]
             return keep, correction
         if module.classes != k:
             raise UsageError(
@@ -210,8 +346,10 @@ class Engine:
                 f"{k}; use a universal refiner"
             )
         with self._autocast():
-            keep, correction = module.forward_parts(x, coarse)
-        return keep.float(), correction.float()
+            keep, correction = module.forward_parts(x, padded_to(coarse, side))
+        if keep.ndim:
+            keep = keep[..., :h, :w]
+        return keep.float(), correction[..., :h, :w].float()
 
     # ------------------------------------------------------------------------------------------- a batch
 
@@ -222,22 +360,28 @@ class Engine:
         masks: torch.Tensor | None = None,
         *,
         num_classes: int | None = None,
+        out_sizes: Sequence[tuple[int, int]] | None = None,
         want_probs: bool = False,
         want_coarse_probs: bool = False,
     ) -> BatchOutput:
-        """images: (N, H, W, 3) uint8 (CPU, ideally pinned, or on the device); masks: optional (N, H, W) integer
-        coarse labels (255 = unknown) used instead of the base network, with `num_classes` classes (default:
-        the largest label + 1, at least 2). Returns per-image numpy results at the input size."""
+        """images: (N, h, w, 3) uint8 (CPU, ideally pinned, or on the device); masks: optional (N, h, w) integer
+        coarse labels used instead of the base network, with `num_classes` classes (default and the meaning of 255:
+        `mask_classes`). The networks run at (h, w), or scaled down to `max_side`. out_sizes: the (H, W) to give each
+        image's labels at (default (h, w)), such as the full size of an image decoded scaled down. Returns per-image
+        numpy results: labels and coarse labels at the out size (`class_map_at`: no full-size probability maps),
+        probabilities (K, h', w') at the size the networks ran at."""
         n, height, width = images.shape[:3]
+        sizes = list(out_sizes) if out_sizes is not None else [(height, width)] * n
         x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         work = working_size(height, width, self.max_side)
         xw = resize_images(x, work)
+        del x
         if masks is not None:
             m = masks.to(self.device, non_blocking=True).long()
-            k = num_classes or max(2, int(m.masked_fill(m == 255, 0).max()) + 1)
+            k, unknown = mask_classes(m, num_classes)
             if work != (height, width):
-                m = F.interpolate(m[:, None].float(), size=work, mode="nearest")[:, 0].long()
-            coarse = masks_to_probs(m, k)
+                m = F.interpolate(m[:, None].float(), size=work, mode="nearest-exact")[:, 0].long()
+            coarse = masks_to_probs(m, k, unknown=unknown, image=xw)
         else:
             with self._timed("base"):
                 coarse = self.base_probs(xw)
@@ -246,19 +390,16 @@ class Engine:
                 probs = self.refine_logits(xw, coarse).softmax(dim=1)
         else:
             probs = coarse
-        if work != (height, width):
-            probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
-            coarse = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
-        label_dtype = torch.uint8 if probs.shape[1] <= 256 else torch.int64
-        labels = class_map(probs).to(label_dtype).cpu().numpy()
+        labels = [class_map_at(p, size) for p, size in zip(probs, sizes)]
         if masks is not None:
-            coarse_labels = masks.cpu().numpy().astype(labels.dtype)
+            given = masks.cpu().numpy().astype(label_dtype(probs.shape[1]))
+            coarse_labels = [io.resize_labels(g, size) for g, size in zip(given, sizes)]
         else:
-            coarse_labels = class_map(coarse).to(label_dtype).cpu().numpy()
+            coarse_labels = [class_map_at(c, size) for c, size in zip(coarse, sizes)]
         self.times.images += n
         return BatchOutput(
-            labels=list(labels),
-            coarse=list(coarse_labels),
+            labels=labels,
+            coarse=coarse_labels,
             probs=list(probs.cpu().numpy()) if want_probs else None,
             coarse_probs=list(coarse.cpu().numpy()) if want_coarse_probs else None,
         )

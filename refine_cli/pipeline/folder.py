@@ -159,6 +159,10 @@ def remove_stale_temps(out_dir: Path) -> int:
                     Path(folder, file).unlink(missing_ok=True)
                     removed += 1
     return removed
+def output_folders(out_dir: Path) -> dict[Path, str]:
+    """The folders a run writes under `out_dir` (whichever outputs it is asked for), as `io.list_inputs(exclude=)`
+    takes them: outputs are never read as inputs, even with `out_dir` inside an input folder."""
+    return {out_dir / name: "output folder" for name in ("masks", "overlays", "probs", "coarse")}
 
 
 def find_mask(masks_dir: Path, relative: PurePosixPath) -> Path | None:
@@ -197,6 +201,7 @@ class FolderSummary:
     seconds: float = 0.0
     device: str = ""
     interrupted: bool = False
+    left_out: dict[str, int] = field(default_factory=dict)  # entries the listing skipped on purpose, by reason
 
     def add(self, event: FileEvent) -> None:
         if event.status == "done":
@@ -216,6 +221,8 @@ class FolderSummary:
         self.failed.extend(other.failed)
         self.seconds = max(self.seconds, other.seconds)
         self.interrupted = self.interrupted or other.interrupted
+        for why, count in other.left_out.items():
+            self.left_out[why] = self.left_out.get(why, 0) + count
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -227,6 +234,7 @@ class FolderSummary:
             "images_per_s": round(self.images_per_s, 3),
             "device": self.device,
             "interrupted": self.interrupted,
+            "left_out": dict(self.left_out),
         }
 
     @classmethod
@@ -238,6 +246,7 @@ class FolderSummary:
             seconds=d["seconds"],
             device=d.get("device", ""),
             interrupted=d.get("interrupted", False),
+            left_out=dict(d.get("left_out", {})),
         )
 
 
@@ -247,8 +256,9 @@ def write_outputs(
     """All files of one result, each atomically."""
     start = time.perf_counter()
     io.write_mask(outputs.mask, result.labels, palette)
-    if outputs.overlay is not None:
-        io.write_overlay(outputs.overlay, result.image, result.labels, palette)
+    if outputs.overlay is not None:  # drawn on the image the networks saw: the working size for large images
+        io.write_overlay(outputs.overlay, result.image, io.resize_labels(result.labels, result.image.shape[:2]),
+                         palette)
     if outputs.probs is not None and result.probs is not None:
         io.write_probs(outputs.probs, result.probs)
     if outputs.coarse is not None:

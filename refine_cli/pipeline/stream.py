@@ -36,10 +36,12 @@ class Job:
 class RefineResult:
     """The refinement of one image.
 
-    labels: refined label map (H, W), uint8 (int64 beyond 256 classes); the base output when there is no refiner.
-    coarse: the coarse label map (base network's argmax, or the given mask).
-    probs / coarse_probs: (K, H, W) float32 probabilities, when asked for.
-    image: the decoded (H, W, 3) uint8 RGB image (for overlays).
+    labels: refined label map (H, W) at the image's full size, uint8 (uint16 beyond 256 classes); the base output
+        when there is no refiner.
+    coarse: the coarse label map at full size (base network's argmax, or the given mask).
+    image: the (h, w, 3) uint8 RGB image the networks saw: the decoded image, or, when its long side exceeds
+        `max_side`, the image scaled down to that working size (overlays are drawn on it).
+    probs / coarse_probs: (K, h, w) float32 probabilities at the working size, when asked for.
     """
 
     labels: np.ndarray
@@ -62,9 +64,14 @@ class Failure:
 
 @dataclass(frozen=True)
 class _Decoded:
+    """An image at the size the networks run at (decoded scaled down when large), its coarse mask at that size, and
+    what the results go back to: the image's full size and the mask as given."""
+
     job: Job
     image: np.ndarray
     mask: np.ndarray | None
+    full_size: tuple[int, int]
+    full_mask: np.ndarray | None
 
 
 class _DecodeClock:
@@ -78,19 +85,20 @@ class _DecodeClock:
             self.engine.times.decode += seconds
 
 
-def _decode(job: Job, num_classes: int | None, clock: _DecodeClock) -> _Decoded:
+def _decode(job: Job, num_classes: int | None, max_side: int | None, clock: _DecodeClock) -> _Decoded:
     start = time.perf_counter()
-    image = io.read_image(job.path)
-    mask = None
+    image, full = io.read_image_scaled(job.path, max_side)
+    mask = small = None
     if job.mask_path is not None:
         mask = io.read_mask(job.mask_path, num_classes=num_classes)
-        if mask.shape != image.shape[:2]:
+        if mask.shape != full:
             raise InputError(
-                f"{job.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {job.path.name} is "
-                f"{image.shape[1]}x{image.shape[0]}; a coarse mask must have its image's size"
+                f"{job.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} (width x height) but its image "
+                f"{job.path.name} is {full[1]}x{full[0]}; a coarse mask must have its image's size"
             )
+        small = io.resize_labels(mask, image.shape[:2]).astype(np.int32)
     clock.add(time.perf_counter() - start)
-    return _Decoded(job, image, mask)
+    return _Decoded(job, image, small, full, mask)
 
 
 def stream(
@@ -121,7 +129,7 @@ def stream(
             job = next(job_iter, None)
             if job is None:
                 return
-            pending.append((job, pool.submit(_decode, job, num_classes, clock)))
+            pending.append((job, pool.submit(_decode, job, num_classes, engine.max_side, clock)))
 
     def run(group: list[_Decoded]) -> Iterator[RefineResult | Failure]:
         done = 0
@@ -137,6 +145,7 @@ def stream(
                 stack_images([d.image for d in group], pin=pin),
                 torch.from_numpy(np.stack(masks)) if masks[0] is not None else None,
                 num_classes=num_classes,
+                out_sizes=[d.full_size for d in group],
                 want_probs=want_probs,
                 want_coarse_probs=want_coarse_probs,
             )
@@ -162,7 +171,7 @@ def stream(
         for i, d in enumerate(group):
             yield RefineResult(
                 labels=out.labels[i],
-                coarse=out.coarse[i],
+                coarse=out.coarse[i] if d.full_mask is None else d.full_mask,
                 image=d.image,
                 probs=out.probs[i] if out.probs is not None else None,
                 coarse_probs=out.coarse_probs[i] if out.coarse_probs is not None else None,

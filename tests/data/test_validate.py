@@ -91,3 +91,23 @@ def test_exif_rotated_photos_are_checked_as_displayed(tmp_path: Path):
     assert validate(data).ok
     sample = data[0]
     assert sample.image.shape == (3, 10, 8) and sample.label.shape == (10, 8)
+
+
+def _truncated_jpeg(path: Path) -> None:
+    """A JPEG cut in half: its header (and size) is sound, its pixels are not all there."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 10, 3), dtype=np.uint8)).save(path, quality=95)
+    data = path.read_bytes()
+    scan = data.index(b"\xff\xda")  # start of the compressed pixels: keep every header before it
+    path.write_bytes(data[: scan + (len(data) - scan) // 2])
+
+
+def test_skip_bad_drops_a_truncated_jpeg(messy: Path):
+    _truncated_jpeg(messy / "images" / "cut.jpg")
+    Image.open(messy / "masks" / "good1.png").save(messy / "masks" / "cut.png")
+    data = FolderDataset.from_root(messy)
+    kept = ensure_valid(data, skip_bad=True)
+    assert kept.names == ["good1", "good2"]
+    with pytest.raises(DataError, match="cut"):
+        ensure_valid(data)
+    for i in range(len(kept)):  # every kept pair reads: training cannot stop on one later
+        assert kept[i].image.shape[-2:] == (8, 10)

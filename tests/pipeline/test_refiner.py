@@ -49,7 +49,7 @@ def test_given_mask_replaces_the_base_network(nets):
     result = masks_only.refine(_image(40, 40), mask=mask)
     np.testing.assert_array_equal(result.coarse, mask // 255)
     assert set(np.unique(result.labels)) <= {0, 1}
-    with pytest.raises(InputError, match="sizes must match"):
+    with pytest.raises(InputError, match=r"mask is \(40, 40\) but the image is \(40, 41\) \(height, width\)"):
         masks_only.refine(_image(40, 41), mask=mask)
 
 

@@ -3,6 +3,7 @@ runs write their folder, errors are one red line with the right exit code."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -48,6 +49,21 @@ def test_train_base_command(world: Path, tmp_path: Path):
                                        "--resume"))
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.output
+
+
+def test_skip_bad_trains_past_a_truncated_jpeg(world: Path, tmp_path: Path):
+    data = tmp_path / "world"
+    shutil.copytree(world, data)
+    image = data / "JPEGImages" / "synth_000003.jpg"
+    raw = image.read_bytes()
+    scan = raw.index(b"\xff\xda")  # keep the headers: the size still reads, the pixels do not
+    image.write_bytes(raw[: scan + (len(raw) - scan) // 2])
+    # Two passes over the 8 training images (the last --steps / --batch-size given win): every image is drawn.
+    result = runner.invoke(app, _base(data, tmp_path / "run", "--skip-bad", "--steps", "4", "--batch-size", "4"))
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 bad sample(s) of 8" in result.output and "trained 4 steps" in result.output
+    stopped = runner.invoke(app, _base(data, tmp_path / "run2"))
+    assert stopped.exit_code == 1 and "synth_000003" in stopped.output and "--skip-bad" in stopped.output
 
 
 def test_train_refiner_command(world: Path, trained_base: TrainResult, tmp_path: Path):
