@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from refine_cli.cli import app
 from refine_cli.labels import VOC_CLASSES
 from refine_cli.models import registry
+from refine_cli.models.espnet import espnet
 from refine_cli.transforms import IMAGENET
 from refine_cli.weights import TORCHVISION_SEG, catalog
 from refine_cli.weights.catalog import RemoteFile
@@ -173,3 +174,21 @@ def test_verify_and_info_failures(env):
     assert run("verify", "--help").exit_code == 0
     r = run()  # no_args_is_help: the usage text, exit 2
     assert r.exit_code == 2 and "fetch" in r.output
+
+
+def test_import_espnet_without_arch(env):
+    torch.manual_seed(0)
+    f = env / "espnet_street.pth"
+    torch.save(espnet(num_classes=6, p=1, q=1).state_dict(), f)
+    classes = env / "classes.txt"
+    classes.write_text("road\ncar\nsky\nbuilding\nperson\n")
+    r = run("import", str(f), "--from", "espnet", "--classes", str(classes))
+    assert r.exit_code == 0, r.output
+    assert "espnet_street (espnet, 5 classes)" in r.stdout
+    info = json.loads(run("info", "espnet_street", "--json").stdout)
+    assert info["arch_args"] == {"p": 1, "q": 1, "decoder_channels": 6, "num_classes": 5}
+    assert info["provenance"]["dropped_output_channels"] == [5] and info["preprocess"]["color_order"] == "BGR"
+    r = run("import", str(f), "--from", "espnet", "--name", "no_names")  # 5 outputs are not CamVid's 11
+    assert r.exit_code == 2 and "--classes" in one_line_error(r)
+    r = run("import", str(f), "--from", "torchvision")
+    assert r.exit_code == 2 and "needs --arch" in one_line_error(r)
