@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import torch
@@ -45,7 +46,6 @@ from refine_cli.weights.locations import (
 )
 
 Source = Literal["torchvision", "fcn-caffe-port", "espnet", "espnetv2"]
-SOURCES: tuple[str, ...] = ("torchvision", "fcn-caffe-port", "espnet", "espnetv2")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # torchvision's segmentation models hold their optional auxiliary head under this prefix.
 _AUX_PREFIX = "aux_classifier."
@@ -85,12 +85,13 @@ class SourceFormat:
     palette: tuple[tuple[int, int, int], ...] = ()
 
 
-SOURCE_FORMATS: Mapping[str, SourceFormat] = {
+SOURCE_FORMATS: Mapping[str, SourceFormat] = MappingProxyType({
     "torchvision": SourceFormat(None, TORCHVISION_SEG),
     "fcn-caffe-port": SourceFormat(None, CAFFE_FCN),
     "espnet": SourceFormat("espnet", ESPNET_CAMVID, CAMVID_CLASSES, CAMVID_PALETTE),
     "espnetv2": SourceFormat("espnetv2", ESPNETV2_VOC),
-}
+})
+SOURCES: tuple[str, ...] = tuple(SOURCE_FORMATS)
 
 
 @dataclass
