@@ -2,7 +2,8 @@
 segmenter, base + SPN and base + dense CRF, with each refinement's time per image.
 
 Every method starts from the same base probabilities of the same image, so the rows differ only by the
-refinement; timings cover the refinement alone (the base row: the base network).
+refinement; timings cover the refinement alone (the base row: the base network). `foreground_ious` scores a
+multi-class base network on binary object masks (DAVIS).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from refine_cli.config import CRFConfig
 from refine_cli.crf import dense_crf
 from refine_cli.data import Sample
+from refine_cli.labels import IGNORE_INDEX
 from refine_cli.metrics import BoundaryF, ConfusionMatrix
 from refine_cli.models.spn import class_map
 from refine_cli.pipeline import Refiner
@@ -150,3 +152,31 @@ def _now(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+@dataclass(frozen=True)
+class ForegroundScore:
+    """One image's foreground IoU (a fraction in [0, 1]; NaN when neither mask has a foreground pixel)."""
+
+    name: str
+    iou: float
+
+
+def foreground_ious(samples: Iterable[Sample], refiner: Refiner, *, background: int = 0) -> list[ForegroundScore]:
+    """How a multi-class base network scores on binary object masks (DAVIS): per image, the IoU of its foreground
+    (every pixel whose class is not `background`) with the ground truth's (label != 0; 255 ignored)."""
+    engine = refiner.engine
+    if engine.base is None:
+        raise ValueError("foreground scoring needs a base network")
+    scores = []
+    with torch.inference_mode():
+        for sample in samples:
+            x = sample.image.to(engine.device)[None].float().div_(255)
+            pred = (class_map(engine.base_probs(x))[0] != background).cpu().numpy()
+            label = sample.label.numpy()
+            keep = label != IGNORE_INDEX
+            gt = label != 0
+            union = int((keep & (pred | gt)).sum())
+            inter = int((keep & pred & gt).sum())
+            scores.append(ForegroundScore(sample.name, inter / union if union else float("nan")))
+    return scores

@@ -1,4 +1,5 @@
-"""Class names and colour palettes: the PASCAL VOC defaults every checkpoint and mask writer falls back on."""
+"""Class names and colour palettes: the PASCAL VOC defaults every checkpoint and mask writer falls back on, and
+CamVid's."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ VOC_CLASSES: tuple[str, ...] = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
 IGNORE_INDEX = 255
+
+# CamVid in SegNet's 11-class split (Brostow et al. 2008), and the colours its label images use for these classes
+# (SegNet tutorial: Brostow et al.'s 32-class colours merged to 11).
+CAMVID_CLASSES: tuple[str, ...] = (
+    "sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian", "bicyclist",
+)
+CAMVID_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0), (192, 128, 128),
+    (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+)
 
 
 def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:

@@ -17,7 +17,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # The Caffe FCN models take BGR in 0..255 minus this per-channel mean (pytorch-fcn port of Long et al.).
 CAFFE_BGR_MEAN = (104.00699, 116.66877, 122.67891)
 
-ResizeRule = Literal["none", "short_side", "long_side"]
+ResizeRule = Literal["none", "short_side", "long_side", "square", "multiple"]
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,10 @@ class Preprocess:
     color_order: channel order fed to the network.
     scale: the [0, 1] image is multiplied by this before the mean is subtracted (255 for Caffe models).
     mean, std: per channel, in the network's colour order and scale.
-    resize: "none", "short_side" (short side to `size`, as torchvision's VOC models) or "long_side"
-        (long side to `size` when larger). The network's output is resized back to the input size.
+    resize: "none", "short_side" (short side to `size`, as torchvision's VOC models), "long_side" (long side to
+        `size` when larger), "square" (`size` x `size`, aspect not kept: the test script of EdgeNets' ESPNetv2) or
+        "multiple" (each side rounded down to a multiple of `size`, at least `size`: EdgeNets' segmentation demo).
+        The network's output is resized back to the input size.
     """
 
     color_order: Literal["RGB", "BGR"] = "RGB"
@@ -71,6 +73,10 @@ def resized_shape(height: int, width: int, pre: Preprocess) -> tuple[int, int]:
         s = pre.size / min(height, width)
     elif pre.resize == "long_side":
         s = min(1.0, pre.size / max(height, width))
+    elif pre.resize == "square":
+        return pre.size, pre.size
+    elif pre.resize == "multiple":
+        return max(pre.size, height // pre.size * pre.size), max(pre.size, width // pre.size * pre.size)
     else:
         raise ValueError(f"unknown resize rule {pre.resize!r}")
     return max(1, round(height * s)), max(1, round(width * s))

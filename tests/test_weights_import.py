@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from refine_cli.errors import UsageError, WeightsError
-from refine_cli.labels import VOC_CLASSES
+from refine_cli.labels import CAMVID_CLASSES, CAMVID_PALETTE, VOC_CLASSES, voc_palette
 from refine_cli.models import registry
+from refine_cli.models.espnet import espnet
+from refine_cli.models.espnetv2 import espnetv2
 from refine_cli.transforms import CAFFE_FCN, IMAGENET
 from refine_cli.weights import (
     TORCHVISION_SEG,
@@ -33,6 +35,7 @@ from refine_cli.weights import (
     verify,
 )
 from refine_cli.weights.catalog import RemoteFile
+from refine_cli.weights.importers import ESPNET_CAMVID, ESPNETV2_VOC
 
 
 class TinyTV(nn.Module):
@@ -308,3 +311,79 @@ def test_torchvision_state_dict_imports_into_our_network(env, tv):
         ours, theirs = model(x), ref(x)["out"]
     assert ckpt.meta.preprocess.size == 520
     assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+def espnet_file(tmp_path, *, num_classes=12, p=1, q=1, counters=False, name="espnet.pth"):
+    """A random ESPNet in the released layout; files from PyTorch < 0.4.1 (as the released one) lack BatchNorm's
+    `num_batches_tracked`."""
+    torch.manual_seed(0)
+    model = espnet(num_classes=num_classes, p=p, q=q)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    state = {k: v for k, v in model.state_dict().items() if counters or not k.endswith("num_batches_tracked")}
+    path = tmp_path / name
+    torch.save(state, path)
+    return path, model.eval()
+
+
+def test_import_espnet_drops_the_ignored_output(env):
+    path, ref = espnet_file(env)
+    classes = [f"c{i}" for i in range(11)]
+    ckpt = import_checkpoint(path, source="espnet", classes=classes, name="street")
+    assert ckpt.arch == "espnet" and ckpt.arch_args == {"p": 1, "q": 1, "decoder_channels": 12, "num_classes": 11}
+    assert ckpt.meta.preprocess == ESPNET_CAMVID and ckpt.meta.classes == tuple(classes)
+    assert ckpt.meta.palette == tuple(voc_palette(11))  # CamVid's colours go with CamVid's classes only
+    prov = ckpt.meta.provenance
+    assert prov["dropped_output_channels"] == [11]
+    assert prov["batchnorm_counters_added"] == sum(isinstance(m, nn.BatchNorm2d) for m in ref.modules()) == 13
+    model = build_model(load_checkpoint(imported_path("street")))
+    x = torch.randn(1, 3, 40, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), ref(x)[:, :11], rtol=1e-5, atol=1e-5)
+
+
+def test_import_espnet_defaults_to_camvid_and_checks_the_class_count(env):
+    path, _ = espnet_file(env)
+    ckpt = import_checkpoint(path, source="espnet", save=False)
+    assert ckpt.meta.classes == CAMVID_CLASSES and ckpt.meta.palette == CAMVID_PALETTE
+    counted, _ = espnet_file(env, num_classes=20, counters=True, name="city.pth")
+    with pytest.raises(UsageError, match="predicts 19 classes, not the 11 of --from espnet; name them"):
+        import_checkpoint(counted, source="espnet", save=False)
+    with pytest.raises(UsageError, match="predicts 11 classes and 21 names were given"):
+        import_checkpoint(path, source="espnet", classes=VOC_CLASSES, save=False)
+    ckpt = import_checkpoint(counted, source="espnet", classes=[f"c{i}" for i in range(19)], save=False)
+    assert "batchnorm_counters_added" not in ckpt.meta.provenance
+    with pytest.raises(UsageError, match="fits the 'espnet' network, not 'tiny_tv'"):
+        import_checkpoint(path, source="espnet", arch="tiny_tv", save=False)
+    tv_path, _ = tv_file(env)
+    with pytest.raises(WeightsError, match="has no 'classifier.weight': it is not an ESPNet file"):
+        import_checkpoint(_without(tv_path, "classifier.weight"), source="espnet", save=False)
+    with pytest.raises(UsageError, match="--from torchvision needs --arch NAME"):
+        import_checkpoint(tv_path, source="torchvision", save=False)
+    assert not imported_path("espnet").exists()
+
+
+def _without(path, key):
+    state = torch.load(path, weights_only=True)
+    del state[key]
+    torch.save(state, path)
+    return path
+
+
+def test_import_espnetv2_reads_its_widths(env):
+    torch.manual_seed(0)
+    ref = espnetv2(num_classes=21, s=0.5).eval()
+    path = env / "espnetv2_s_0.5_pascal.pth"
+    torch.save(ref.state_dict(), path)
+    ckpt = import_checkpoint(path, source="espnetv2", save=False)
+    assert ckpt.arch_args == {"s": 0.5, "decoder_width": 16, "num_classes": 21}
+    assert ckpt.meta.classes == VOC_CLASSES and ckpt.meta.preprocess == ESPNETV2_VOC
+    model = build_model(ckpt)
+    x = torch.randn(1, 3, 48, 40)
+    with torch.inference_mode():
+        assert torch.equal(model(x), ref(x))
+    torch.save(espnetv2(num_classes=3, s=0.5).state_dict(), path)
+    with pytest.raises(UsageError, match="predicts 3 classes, not the 21"):
+        import_checkpoint(path, source="espnetv2", save=False)

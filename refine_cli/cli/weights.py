@@ -131,13 +131,17 @@ def fetch_cmd(
 @weights_app.command("import")
 def import_cmd(
     file: Annotated[Path, typer.Argument(help="The checkpoint file to import.", dir_okay=False)],
-    source: Annotated[str, typer.Option("--from", help="Its layout: torchvision or fcn-caffe-port.")],
-    arch: Annotated[str, typer.Option("--arch", help="The network it fits (a registry name).")],
+    source: Annotated[str, typer.Option(
+        "--from", help="Its layout: torchvision, fcn-caffe-port, espnet (sacmehta/ESPNet, CamVid) or espnetv2 "
+                       "(sacmehta/EdgeNets, PASCAL VOC).")],
+    arch: Annotated[Optional[str], typer.Option(
+        "--arch", help="The network it fits (a registry name); espnet and espnetv2 imply theirs.")] = None,
     name: Annotated[
         Optional[str], typer.Option("--name", help="Name in the cache (default: the file's stem).")
     ] = None,
     classes: Annotated[Optional[Path], typer.Option(
-        "--classes", help="Text file of class names, one a line in output order (default: the 21 VOC classes).",
+        "--classes", help="Text file of class names, one a line in output order (default: the source's: CamVid's "
+                          "11 for espnet, else the 21 VOC classes).",
         dir_okay=False)] = None,
     cache_dir: CacheDir = None,
 ) -> None:

@@ -12,22 +12,13 @@ from refine_cli.data.cache import ProbsCache
 from refine_cli.data.folders import MASK_SUFFIXES, index_by_stem
 from refine_cli.errors import DatasetNotFoundError
 from refine_cli.io import IMAGE_SUFFIXES
-from refine_cli.labels import IGNORE_INDEX
+from refine_cli.labels import CAMVID_CLASSES, CAMVID_PALETTE, IGNORE_INDEX
 
-CAMVID_CLASSES: tuple[str, ...] = (
-    "sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian", "bicyclist",
-)
-# The colours CamVid's label images use for these classes (SegNet tutorial, Brostow et al.'s 32-class colours
-# merged to 11).
-CAMVID_PALETTE: tuple[tuple[int, int, int], ...] = (
-    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0), (192, 128, 128),
-    (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
-)
 CAMVID_VOID = 11  # SegNet's "unlabelled"
 
 
 class CamVid(SegmentationDataset):
-    """root/classes.txt (optional: the 11 names above), root/<split>/images/<stem>.jpg|png and
+    """root/classes.txt (optional: the 11 names of `CAMVID_CLASSES`), root/<split>/images/<stem>.jpg|png and
     root/<split>/masks/<stem>.png (grey index masks 0..10, 11 = void). Void reads as 255 (ignored)."""
 
     def __init__(self, root: str | Path, split: str = "train", *,

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from torch import nn
 
 from refine_cli.errors import UnknownNameError
-from refine_cli.models import dilated, fcn_vgg, guidance, largefov, parsenet, segmentation, spn
+from refine_cli.models import dilated, espnet, espnetv2, fcn_vgg, guidance, largefov, parsenet, segmentation, spn
 from refine_cli.transforms import CAFFE_FCN, IMAGENET, Preprocess
 
 
@@ -110,6 +110,16 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
     "deeplabv3_mobilenet_v3_large": ModelSpec(
         segmentation.deeplabv3_mobilenet_v3_large, "base", IMAGENET,
         "DeepLabV3 on MobileNetV3-Large (torchvision layout)",
+    ),
+    # Light-weight networks of Mehta et al., key for key their released files (sacmehta/ESPNet, sacmehta/EdgeNets).
+    # No ImageNet trunk initialises them here; the released files carry their own input (see weights/importers.py).
+    "espnet": ModelSpec(
+        espnet.espnet, "base", IMAGENET, "ESPNet p=2 q=8 with its light decoder (Mehta et al., ECCV 2018)",
+        defaults=_fixed(p=2, q=8),
+    ),
+    "espnetv2": ModelSpec(
+        espnetv2.espnetv2, "base", IMAGENET, "ESPNetv2 segmentation, width s=2.0 (Mehta et al., CVPR 2019)",
+        defaults=_fixed(s=2.0, decoder_width=16),
     ),
     # Spatial propagation refiners (Liu et al. 2017).
     "spn_universal": ModelSpec(

@@ -332,7 +332,8 @@ def _as_checkpoint(obj: Any, path: Path) -> Checkpoint:
         if "format" not in obj and (is_tensor_dict(obj) or any(is_tensor_dict(obj.get(k)) for k in WRAPPER_KEYS)):
             raise WeightsError(
                 f"{path} is a bare state dict without refine-cli metadata; import it first: "
-                "`refine-cli weights import FILE --from torchvision|fcn-caffe-port --arch NAME`"
+                "`refine-cli weights import FILE --from torchvision|fcn-caffe-port --arch NAME` "
+                "(or `--from espnet|espnetv2`)"
             )
         raise WeightsError(f"{path} is not a refine-cli checkpoint (its 'format' entry is {obj.get('format')!r})")
     version = obj.get("version")

@@ -1,6 +1,8 @@
 """Importers of public checkpoints into the refine-cli format: torchvision's segmentation files (keys match
-our networks 1:1) and the PyTorch port of the Caffe FCN weights (flat `conv1_1.weight`... keys, BGR 0..255
-input). Every key and shape is checked against the network before anything is written.
+our networks 1:1), the PyTorch port of the Caffe FCN weights (flat `conv1_1.weight`... keys, BGR 0..255
+input) and Sachin Mehta's ESPNet (sacmehta/ESPNet) and ESPNetv2 (sacmehta/EdgeNets) files. Every key and shape is
+checked against the network before anything is written; each source brings its input preprocessing, class names
+and palette.
 """
 
 from __future__ import annotations
@@ -9,15 +11,17 @@ import inspect
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import torch
 
 import refine_cli
 from refine_cli.errors import UsageError, WeightsError
-from refine_cli.labels import VOC_CLASSES
-from refine_cli.transforms import CAFFE_FCN, Preprocess
+from refine_cli.labels import CAMVID_CLASSES, CAMVID_PALETTE, VOC_CLASSES
+from refine_cli.transforms import CAFFE_FCN, IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from refine_cli.weights.catalog import TORCHVISION_SEG, remote_file
 from refine_cli.weights.format import (
     WRAPPER_KEYS,
@@ -42,11 +46,64 @@ from refine_cli.weights.locations import (
     record_file,
 )
 
-Source = Literal["torchvision", "fcn-caffe-port"]
-SOURCES: tuple[str, ...] = ("torchvision", "fcn-caffe-port")
+Source = Literal["torchvision", "fcn-caffe-port", "espnet", "espnetv2"]
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # torchvision's segmentation models hold their optional auxiliary head under this prefix.
 _AUX_PREFIX = "aux_classifier."
+_BN_COUNTER = "num_batches_tracked"
+
+# ESPNet's CamVid input (sacmehta/ESPNet, train/Transforms.py): BGR as cv2 reads it, per channel (x - mean) / std on
+# 0..255, then / 255; for x in [0, 1] that is (x - mean / 255) / std. The source does not publish the statistics of
+# its CamVid run: these come from its own procedure (train/loadData.py: each image's per-channel mean and standard
+# deviation, averaged over the training list) run on the 367 SegNet CamVid train images. Measured on CamVid val
+# (weights/espnet_inputs.py): pixel accuracy 93.26 %; 55.82 % in RGB order, 29.11 % with the Cityscapes statistics
+# of the source's test script, 9.94 % without the / 255.
+CAMVID_BGR_MEAN = (110.20, 108.37, 104.95)
+CAMVID_BGR_STD = (72.05, 72.59, 69.86)
+# The source trained at CamVid's 480 x 360: larger inputs are shrunk to that width so street objects keep their
+# training scale (a no-op on CamVid itself).
+ESPNET_CAMVID = Preprocess(color_order="BGR", mean=tuple(m / 255 for m in CAMVID_BGR_MEAN), std=CAMVID_BGR_STD,
+                           resize="long_side", size=480)
+# ESPNetv2 on PASCAL VOC (sacmehta/EdgeNets): RGB / 255 with the ImageNet mean/std. EdgeNets' test script squeezes
+# every image to 384 x 384 and its demo keeps the size (rounded down to multiples of 32). Mean foreground IoU on the
+# 236 DAVIS frames (854 x 480; weights/bundle_pretrained.py --rules): 384 x 384 41.74, short side 384 49.28, short
+# side 480 52.34, the demo's 832 x 480 52.38. The short side at 480 keeps that score and, unlike the demo's rule,
+# also brings large photos to the scale (and cost) of these frames.
+ESPNETV2_VOC = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="short_side", size=480)
+
+
+@dataclass(frozen=True)
+class SourceFormat:
+    """What a `--from` source implies.
+
+    arch: the network its layout fits (None: any network with that layout, named by `--arch`).
+    preprocess, classes, palette: the defaults the checkpoint gets (palette () = the VOC colour map).
+    """
+
+    arch: str | None
+    preprocess: Preprocess
+    classes: tuple[str, ...] = VOC_CLASSES
+    palette: tuple[tuple[int, int, int], ...] = ()
+
+
+SOURCE_FORMATS: Mapping[str, SourceFormat] = MappingProxyType({
+    "torchvision": SourceFormat(None, TORCHVISION_SEG),
+    "fcn-caffe-port": SourceFormat(None, CAFFE_FCN),
+    "espnet": SourceFormat("espnet", ESPNET_CAMVID, CAMVID_CLASSES, CAMVID_PALETTE),
+    "espnetv2": SourceFormat("espnetv2", ESPNETV2_VOC),
+})
+SOURCES: tuple[str, ...] = tuple(SOURCE_FORMATS)
+
+
+@dataclass
+class _Layout:
+    """A file's tensors as our network names them, the builder arguments read from its shapes, its number of
+    outputs (None when the file does not say) and what the conversion changed."""
+
+    state: dict[str, torch.Tensor]
+    arch_args: dict[str, Any] = field(default_factory=dict)
+    outputs: int | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 def read_class_names(path: str | os.PathLike[str]) -> tuple[str, ...]:
@@ -111,18 +168,72 @@ def expected_state(arch: str, arch_args: Mapping[str, Any]) -> dict[str, torch.T
     return build_arch(arch, arch_args).state_dict()
 
 
+def _block_indices(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """How many numbered blocks `prefix.<i>.` the file holds."""
+    return len({k[len(prefix):].split(".", 1)[0] for k in state if k.startswith(prefix)})
+
+
+def _tensor(state: Mapping[str, torch.Tensor], key: str, path: Path, source: str) -> torch.Tensor:
+    if key not in state:
+        raise WeightsError(f"{path} has no '{key}': it is not an {source} file (check --from)")
+    return state[key]
+
+
+def _espnet_layout(state: dict[str, torch.Tensor], path: Path) -> _Layout:
+    """sacmehta/ESPNet's `ESPNet(classes, p, q)`: p and q from the numbered ESP modules, the decoder width from the
+    last transposed conv, whose last output channel is dropped: ESPNet trains its ignored label as a class of its
+    own (CamVid's void, 11; Cityscapes' 19), which no caller wants as a prediction."""
+    weight = _tensor(state, "classifier.weight", path, "ESPNet")  # (in, out, 2, 2): a transposed conv
+    width, outputs = int(weight.shape[0]), int(weight.shape[1])
+    state = {**state, "classifier.weight": weight[:, : outputs - 1].clone()}
+    args = {"p": _block_indices(state, "encoder.level2."), "q": _block_indices(state, "encoder.level3."),
+            "decoder_channels": width}
+    note = {"dropped_output_channels": [outputs - 1],
+            "dropped_because": "the source trains its ignored label (CamVid void) as its last output; removed from "
+                               "classifier.weight so the checkpoint predicts only the scored classes"}
+    return _Layout(state, args, outputs - 1, note)
+
+
+def _espnetv2_layout(state: dict[str, torch.Tensor], path: Path) -> _Layout:
+    """sacmehta/EdgeNets' `ESPNetv2Segmentation`: the width s from the encoder's level widths, the decoder width
+    from its first stage, the class count from the last 1x1 conv."""
+    from refine_cli.models.espnetv2 import WIDTHS
+
+    widths = (int(_tensor(state, "base_net.level1.act.weight", path, "ESPNetv2").shape[0]),
+              int(_tensor(state, "base_net.level2_0.act.weight", path, "ESPNetv2").shape[0]))
+    scales = [s for s, w in WIDTHS.items() if w[:2] == widths]
+    if not scales:
+        raise WeightsError(f"{path} has ESPNetv2 level widths {widths}, which no width s of ESPNetv2 has")
+    args = {"s": scales[0],
+            "decoder_width": int(_tensor(state, "bu_br_l2.0.weight", path, "ESPNetv2").shape[0]) // 4}
+    outputs = int(_tensor(state, "bu_dec_l4.merge_layer.3.weight", path, "ESPNetv2").shape[0])
+    return _Layout(state, args, outputs)
+
+
+def _fill_batchnorm_counters(expected: Mapping[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+    """Add the `num_batches_tracked` counters a file from PyTorch < 0.4.1 lacks, as 0, as `load_state_dict` does
+    for such files (the counter only matters to BatchNorm without momentum, in training)."""
+    missing = [k for k in expected if k.endswith(_BN_COUNTER) and k not in state
+               and k[: -len(_BN_COUNTER)] + "running_mean" in state]
+    for k in missing:
+        state[k] = torch.zeros((), dtype=torch.long)
+
+
 def _fit(
-    arch: str, arch_args: dict[str, Any], state: Mapping[str, torch.Tensor], path: Path
+    arch: str, arch_args: dict[str, Any], state: dict[str, torch.Tensor], path: Path
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Check `state` fits `arch` key by key and shape by shape; a file without (or with) torchvision's
-    auxiliary head is matched by switching the builder's `aux_loss` when it has one."""
+    auxiliary head is matched by switching the builder's `aux_loss` when it has one. Missing BatchNorm counters
+    are added to `state` first (`_fill_batchnorm_counters`)."""
     expected = expected_state(arch, arch_args)
+    _fill_batchnorm_counters(expected, state)
     problem = state_dict_mismatch(expected, state)
     if problem and _accepts(arch, "aux_loss"):
         has_aux = any(k.startswith(_AUX_PREFIX) for k in state)
         if arch_args.get("aux_loss", not has_aux) != has_aux:
             alt_args = {**arch_args, "aux_loss": has_aux}
             alt = expected_state(arch, alt_args)
+            _fill_batchnorm_counters(alt, state)
             if state_dict_mismatch(alt, state) is None:
                 return alt, alt_args
     if problem:
@@ -134,7 +245,7 @@ def import_checkpoint(
     file: str | os.PathLike[str],
     *,
     source: Source,
-    arch: str,
+    arch: str | None = None,
     classes: Sequence[str] | None = None,
     name: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -142,14 +253,20 @@ def import_checkpoint(
     provenance: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     preprocess: Preprocess | None = None,
+    palette: Sequence[tuple[int, int, int]] | None = None,
 ) -> Checkpoint:
     """Read a public checkpoint, check it against `arch` key by key and shape by shape, and (with `save`)
     write it as `<cache>/checkpoints/<name>.pt`.
 
-    source: "torchvision" (torchvision segmentation layout, ImageNet input, short side 520) or
+    source: "torchvision" (torchvision segmentation layout, ImageNet input, short side 520),
         "fcn-caffe-port" (the PyTorch port of the Caffe FCN weights: Caffe BGR 0..255 input; fits the
-        networks whose registry spec takes that input, fcn8s_vgg16 and friends).
-    classes: names in output-channel order (default: the 21 VOC classes); their count sets num_classes.
+        networks whose registry spec takes that input, fcn8s_vgg16 and friends),
+        "espnet" (sacmehta/ESPNet's `ESPNet(classes, p, q)`; CamVid input and classes; the last output, the
+        ignored label, is dropped) or "espnetv2" (sacmehta/EdgeNets' ESPNetv2 segmentation; VOC input and classes).
+    arch: the network (required for torchvision and fcn-caffe-port; espnet and espnetv2 fit one network each).
+    classes: names in output-channel order (default: the source's: CamVid's 11 for espnet, else the 21 VOC
+        classes); their count sets num_classes.
+    palette: one colour per class (default: CamVid's colours with CamVid's classes, else the VOC colour map).
     name: the checkpoint's name in the cache (default: the file's stem).
     """
     from refine_cli.models import registry
@@ -157,6 +274,13 @@ def import_checkpoint(
     path = Path(file)
     if source not in SOURCES:
         raise UsageError(f"unknown source '{source}'; choose one of: {', '.join(SOURCES)}")
+    fmt = SOURCE_FORMATS[source]
+    if arch is None:
+        if fmt.arch is None:
+            raise UsageError(f"--from {source} needs --arch NAME, one of: {', '.join(registry.names('base'))}")
+        arch = fmt.arch
+    elif fmt.arch is not None and arch != fmt.arch:
+        raise UsageError(f"--from {source} fits the '{fmt.arch}' network, not '{arch}'; leave out --arch")
     spec = registry.spec(arch)  # an unknown arch is a usage error listing the valid ones
     if spec.kind != "base":
         bases = ", ".join(registry.names("base"))
@@ -169,24 +293,47 @@ def import_checkpoint(
         raise UsageError(f"'{name}' cannot name a checkpoint; use letters, digits, '.', '_' and '-' (give --name)")
     if save and name in checkpoint_names(bundled_dir()):
         raise UsageError(f"'{name}' is the name of a bundled checkpoint; pick another with --name")
-    classes = tuple(classes) if classes is not None else VOC_CLASSES
 
     state = extract_state_dict(read_torch_file(path), path)
     require_finite(state, path)
-    expected, arch_args = _fit(arch, registry.arch_args(arch, num_classes=len(classes)), state, path)
+    if source == "espnet":
+        layout = _espnet_layout(state, path)
+    elif source == "espnetv2":
+        layout = _espnetv2_layout(state, path)
+    else:
+        layout = _Layout(state)
+    if classes is None:
+        if layout.outputs is not None and layout.outputs != len(fmt.classes):
+            raise UsageError(f"{path} predicts {layout.outputs} classes, not the {len(fmt.classes)} of --from "
+                             f"{source}; name them with --classes (a file, one name a line)")
+        classes = fmt.classes
+    classes = tuple(classes)
+    if layout.outputs is not None and layout.outputs != len(classes):
+        raise UsageError(f"{path} predicts {layout.outputs} classes and {len(classes)} names were given")
+    if palette is None:
+        palette = fmt.palette if classes == fmt.classes else ()
+
+    state = layout.state
+    given = set(state)
+    expected, arch_args = _fit(
+        arch, registry.arch_args(arch, num_classes=len(classes), **layout.arch_args), state, path)
+    filled = len(set(state) - given)
     state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
 
     if preprocess is None:
-        preprocess = CAFFE_FCN if source == "fcn-caffe-port" else TORCHVISION_SEG
+        preprocess = fmt.preprocess
     prov = {
         "source_format": source,
         "source_file": path.name,
         "source_sha256": file_sha256(path),
         "imported": now_iso(),
         "refine_cli": refine_cli.__version__,
+        **layout.provenance,
+        **({"batchnorm_counters_added": filled} if filled else {}),
         **(provenance or {}),
     }
-    meta = CheckpointMeta(classes=classes, preprocess=preprocess, provenance=prov, metrics=dict(metrics or {}))
+    meta = CheckpointMeta(classes=classes, palette=tuple(palette), preprocess=preprocess, provenance=prov,
+                          metrics=dict(metrics or {}))
     ckpt = Checkpoint(arch=arch, arch_args=arch_args, kind=spec.kind, state_dict=state, meta=meta)
     if save:
         out = save_checkpoint(imported_path(name, cache_dir=cache_dir), ckpt)

@@ -20,6 +20,7 @@ from refine_cli.cli import app
 from refine_cli.cli import weights as weights_cli
 from refine_cli.labels import VOC_CLASSES
 from refine_cli.models import registry
+from refine_cli.models.espnet import espnet
 from refine_cli.transforms import IMAGENET
 from refine_cli.weights import TORCHVISION_SEG, catalog, list_weights
 from refine_cli.weights.catalog import RemoteFile
@@ -210,3 +211,19 @@ def test_weights_list_at_80_columns_cuts_no_column(tmp_path, monkeypatch, width)
         assert entry.where in row and (entry.kind or "-") in row
         assert (entry.arch in row) == (width == 200)  # a narrow terminal leaves the arch to `weights info`
     assert {"present", "not"} <= {word for row in rows for word in row}
+def test_import_espnet_without_arch(env):
+    torch.manual_seed(0)
+    f = env / "espnet_street.pth"
+    torch.save(espnet(num_classes=6, p=1, q=1).state_dict(), f)
+    classes = env / "classes.txt"
+    classes.write_text("road\ncar\nsky\nbuilding\nperson\n")
+    r = run("import", str(f), "--from", "espnet", "--classes", str(classes))
+    assert r.exit_code == 0, r.output
+    assert "espnet_street (espnet, 5 classes)" in r.stdout
+    info = json.loads(run("info", "espnet_street", "--json").stdout)
+    assert info["arch_args"] == {"p": 1, "q": 1, "decoder_channels": 6, "num_classes": 5}
+    assert info["provenance"]["dropped_output_channels"] == [5] and info["preprocess"]["color_order"] == "BGR"
+    r = run("import", str(f), "--from", "espnet", "--name", "no_names")  # 5 outputs are not CamVid's 11
+    assert r.exit_code == 2 and "--classes" in one_line_error(r)
+    r = run("import", str(f), "--from", "torchvision")
+    assert r.exit_code == 2 and "needs --arch" in one_line_error(r)

@@ -1,0 +1,29 @@
+"""Resize rules of `Preprocess`: the size a network runs at for each rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from refine_cli.transforms import Preprocess, resized_shape
+
+
+@pytest.mark.parametrize(("rule", "size", "expected"), [
+    ("none", None, (480, 854)),
+    ("short_side", 480, (480, 854)),
+    ("short_side", 384, (384, 683)),
+    ("long_side", 480, (270, 480)),
+    ("long_side", 1000, (480, 854)),  # never enlarges
+    ("square", 384, (384, 384)),  # EdgeNets' test script: aspect not kept
+    ("multiple", 32, (480, 832)),  # EdgeNets' demo: each side down to a multiple of 32
+])
+def test_resized_shape(rule, size, expected):
+    assert resized_shape(480, 854, Preprocess(resize=rule, size=size)) == expected
+
+
+def test_multiple_never_goes_below_one_multiple():
+    assert resized_shape(20, 70, Preprocess(resize="multiple", size=32)) == (32, 64)
+
+
+def test_unknown_rule_is_refused():
+    with pytest.raises(ValueError, match="unknown resize rule 'stretch'"):
+        resized_shape(10, 10, Preprocess(resize="stretch", size=5))  # type: ignore[arg-type]
