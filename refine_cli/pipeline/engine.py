@@ -214,18 +214,29 @@ class Engine:
         images: torch.Tensor,
         masks: torch.Tensor | None = None,
         *,
+        coarse_probs: torch.Tensor | None = None,
         num_classes: int | None = None,
         want_probs: bool = False,
         want_coarse_probs: bool = False,
     ) -> BatchOutput:
         """images: (N, H, W, 3) uint8 (CPU, ideally pinned, or on the device); masks: optional (N, H, W) integer
         coarse labels (255 = unknown) used instead of the base network, with `num_classes` classes (default:
-        the largest label + 1, at least 2). Returns per-image numpy results at the input size."""
+        the largest label + 1, at least 2); coarse_probs: optional (N, K, H, W) float coarse class probabilities (each
+        pixel's K values summing to 1) used instead of either. Returns per-image numpy results at the input size;
+        the coarse labels are the masks as given, or the coarse probabilities' argmax."""
+        if masks is not None and coarse_probs is not None:
+            raise UsageError("give coarse masks or coarse probabilities, not both")
         n, height, width = images.shape[:3]
+        given = coarse_probs
+        if given is not None and (given.ndim != 4 or given.shape[0] != n or tuple(given.shape[2:]) != (height, width)):
+            raise UsageError(f"coarse probabilities must be (N, K, H, W) = ({n}, K, {height}, {width}); got "
+                             f"{tuple(given.shape)}")
         x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         work = working_size(height, width, self.max_side)
         xw = resize_images(x, work)
-        if masks is not None:
+        if given is not None:
+            coarse = resize_images(given.to(self.device, non_blocking=True).float(), work)
+        elif masks is not None:
             m = masks.to(self.device, non_blocking=True).long()
             k = num_classes or max(2, int(m.masked_fill(m == 255, 0).max()) + 1)
             if work != (height, width):
