@@ -246,6 +246,8 @@ def test_masks_with_base_is_a_usage_error(davis: Path, tmp_path: Path):
     code, _, output = _evaluate("--data", str(davis), "--format", "davis", "--masks", str(tmp_path / "coarse"),
                                 "--base", "default", "--device", "cpu")
     assert code == 2 and "drop --base" in output
+    code, _, output = _evaluate("--data", str(davis), "--format", "davis", "--skip-missing", "--device", "cpu")
+    assert code == 2 and "goes with --masks" in output
 
 
 def test_spread_covers_the_split_evenly():

@@ -126,17 +126,17 @@ def evaluate_command(
                                                 help="Mean-field iterations (also while tuning).")] = 5,
     crf_bilateral_sxy: Annotated[Optional[float], typer.Option(
         "--crf-bilateral-sxy", rich_help_panel=CRF_PANEL,
-        help=f"Bilateral kernel's spatial sigma (px) [default: {CRF_DEFAULT.bilateral_sxy:g}].")] = None,
+        help=f"Bilateral kernel's spatial sigma, px (default {CRF_DEFAULT.bilateral_sxy:g}).")] = None,
     crf_bilateral_srgb: Annotated[Optional[float], typer.Option(
         "--crf-bilateral-srgb", rich_help_panel=CRF_PANEL,
-        help=f"Bilateral kernel's colour sigma [default: {CRF_DEFAULT.bilateral_srgb:g}].")] = None,
+        help=f"Bilateral kernel's colour sigma (default {CRF_DEFAULT.bilateral_srgb:g}).")] = None,
     crf_bilateral_compat: Annotated[Optional[float], typer.Option(
         "--crf-bilateral-compat", rich_help_panel=CRF_PANEL,
-        help=f"Bilateral kernel's weight [default: {CRF_DEFAULT.bilateral_compat:g}].")] = None,
+        help=f"Bilateral kernel's weight (default {CRF_DEFAULT.bilateral_compat:g}).")] = None,
     crf_label_confidence: Annotated[Optional[float], typer.Option(
         "--crf-label-confidence", min=0.0, max=1.0, rich_help_panel=CRF_PANEL,
         help="Hard masks: probability given to a pixel's label in the CRF's unary, the rest shared by the other "
-        f"classes [default: {CRF_DEFAULT.label_confidence:g}].")] = None,
+        f"classes (default {CRF_DEFAULT.label_confidence:g}).")] = None,
     crf_tune_split: Annotated[Optional[str], typer.Option(
         "--crf-tune-split", rich_help_panel=CRF_PANEL,
         help="Grid-search the CRF's bilateral sxy, srgb, compat (and label confidence for hard masks) on this split "
@@ -164,6 +164,8 @@ def evaluate_command(
     with cli_errors():
         if crf and not crf_available():
             raise UsageError('--crf needs the optional package pydensecrf2: pip install "refine-cli[crf]"')
+        if skip_missing and masks is None:
+            raise UsageError("--skip-missing goes with --masks (a base network has an output for every sample)")
         if masks is not None and base is not None:
             raise UsageError("--masks scores coarse masks made elsewhere; drop --base (or --masks to score a network)")
         given = {"--crf-bilateral-sxy": crf_bilateral_sxy, "--crf-bilateral-srgb": crf_bilateral_srgb,
