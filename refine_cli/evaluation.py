@@ -364,7 +364,8 @@ def evaluate(
 class TunedCRF:
     """The outcome of `tune_crf`: the chosen setting, the criterion's value there, and every grid point's scores
     (`results`: its bilateral sxy, srgb, compat, label confidence for hard labels, mIoU, boundary F and the
-    criterion's value as "score")."""
+    criterion's value as "score"). `coarse`: the same scores of the coarse input itself on the tuning images, to
+    tell whether any setting improves on no CRF at all."""
 
     config: CRFConfig
     split: str
@@ -375,6 +376,7 @@ class TunedCRF:
     results: tuple[dict[str, float], ...]
     skipped: tuple[str, ...] = ()
     hard_labels: bool = False
+    coarse: dict[str, float] | None = None
 
     @property
     def chosen(self) -> dict[str, float]:
@@ -398,7 +400,8 @@ class TunedCRF:
         return {
             "split": self.split, "images": list(self.images), "skipped": list(self.skipped),
             "criterion": self.criterion, "score": self.score, "chosen": self.chosen,
-            "at_grid_edge": list(self.at_grid_edge), "grid": asdict(self.grid), "results": list(self.results),
+            "at_grid_edge": list(self.at_grid_edge), "coarse": self.coarse, "grid": asdict(self.grid),
+            "results": list(self.results),
         }
 
 
@@ -423,6 +426,10 @@ def parse_grid(text: str, grid: CRFTuneConfig = CRFTuneConfig()) -> CRFTuneConfi
             raise UsageError(f"'{item}': grid values must be positive (confidences below 1)")
         changes[GRID_KEYS[key]] = numbers
     return replace(grid, **changes)
+
+
+def _scored(scores: MethodScores, criterion: str) -> dict[str, float]:
+    return {"miou": scores.miou, "boundary_f": scores.boundary_f, "score": _criterion(scores, criterion)}
 
 
 def _criterion(scores: MethodScores, criterion: str) -> float:
@@ -463,9 +470,11 @@ def tune_crf(
     settings = [replace(base, bilateral_sxy=sxy, bilateral_srgb=srgb, bilateral_compat=compat, label_confidence=c)
                 for sxy, srgb, compat in pairwise for c in confidences]
     rows = [_Accumulator(num_classes, tolerance_px) for _ in settings]
+    given = _Accumulator(num_classes, tolerance_px)
     names: list[str] = []
     for sample in samples:
         step = _run(engine, sample, coarse, num_classes, crf=True)
+        given.add(step.out.coarse[0], step.gt, None)
         for p, (sxy, srgb, compat) in enumerate(pairwise):
             model = DenseCRF(step.rgb, num_classes, config=settings[p * len(confidences)])
             for c, confidence in enumerate(confidences):
@@ -488,4 +497,5 @@ def tune_crf(
     return TunedCRF(
         config=settings[best], split=split, images=tuple(names), criterion=grid.criterion, score=values[best],
         grid=grid, results=results, skipped=coarse.missing if coarse is not None else (), hard_labels=hard,
+        coarse=_scored(given.scores("coarse"), grid.criterion),
     )

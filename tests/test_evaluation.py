@@ -303,6 +303,10 @@ def test_tuning_picks_the_best_of_the_grid(edges: tuple[Path, Path]):
                             "label_confidence": 0.6, "iterations": 5}
     assert len(tuned.results) == 8 and tuned.score == max(r["score"] for r in tuned.results)
     assert tuned.at_grid_edge == ("bilateral_sxy", "bilateral_compat", "label_confidence")  # srgb: one value
+    # The coarse masks' own scores on these images: the misplaced edge, as the grid's do-nothing points leave it.
+    cm, f = _direct([np.asarray(Image.open(coarse_dir / f"e{i}.png")) // 255 for i in range(3)],
+                    [data.read_label(p) for p in data.pairs])
+    assert tuned.coarse == {"miou": cm.miou, "boundary_f": f, "score": cm.miou + f}
     others = [r["score"] for r in tuned.results if r["score"] != tuned.score]
     assert len(others) == 7 and tuned.score > max(others) + 0.5
     # Every grid point's score is what `evaluate` gives with that setting: tuning measures what scoring measures.

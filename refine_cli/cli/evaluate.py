@@ -216,6 +216,9 @@ def evaluate_command(
                 )
             crf_config = tuned.config
             view.print(tuning_table(tuned))
+            if tuned.coarse is not None:
+                view.print(f"without the CRF on these images: mIoU {_pct(tuned.coarse['miou'])}, boundary F "
+                           f"{_pct(tuned.coarse['boundary_f'])}, score {_pct(tuned.coarse['score'])}", highlight=False)
             chosen = ", ".join(f"{k} {v:g}" for k, v in tuned.chosen.items())
             view.print(f"[bold]dense CRF[/]: {chosen}", highlight=False)
             if tuned.at_grid_edge:
