@@ -163,6 +163,8 @@ class CRFConfig:
     units of ~500 px VOC images: rescale bilateral_sxy for much larger or smaller images.
     prob_floor: probabilities are clipped to this before the unary -log(p), as pydensecrf's
     `unary_from_softmax` (clip=1e-5).
+    label_confidence: hard labels (masks made elsewhere) become probabilities with this share on the given label
+        and the rest spread over the other classes (pydensecrf's `unary_from_labels` gt_prob; 0.7 in its examples).
     """
 
     iterations: int = 10
@@ -172,6 +174,30 @@ class CRFConfig:
     bilateral_srgb: float = 5.0
     bilateral_compat: float = 4.0
     prob_floor: float = 1e-5
+    label_confidence: float = 0.7
+
+
+@dataclass(frozen=True)
+class CRFTuneConfig:
+    """The grid `refine-cli evaluate --crf-tune-split` searches, on a split other than the one it scores.
+
+    Every combination of the bilateral kernel's sxy, srgb and compat (and, for hard-label inputs, the label
+    confidence) is run on `images` images spread evenly over the tuning split (consecutive video frames are near
+    duplicates); the Gaussian kernel and the iteration count stay as set. The chosen setting maximises `criterion`
+    over those images: "miou", "boundary_f" or "miou+boundary_f" (their sum); ties go to the first in grid order.
+    The grid brackets what a wider search chose on three DAVIS training frames with ground truth coarsened at
+    stride 8 (sxy 5, srgb 3, compat 4, confidence 0.9) and 16 (sxy 10, srgb 5, compat 10, confidence 0.8), where
+    sxy 80 and srgb 20 did worst (`--crf-tune-limit 3 --crf-tune-grid "sxy=5,10,20,40,80 srgb=3,5,10,20
+    compat=2,4,10 confidence=0.6,0.7,0.8,0.9"`). Per image: 24 bilateral lattices and, with hard labels, 72
+    mean-field runs.
+    """
+
+    bilateral_sxy: tuple[float, ...] = (5.0, 10.0, 20.0, 40.0)
+    bilateral_srgb: tuple[float, ...] = (3.0, 5.0, 10.0)
+    bilateral_compat: tuple[float, ...] = (4.0, 10.0)
+    label_confidence: tuple[float, ...] = (0.7, 0.8, 0.9)
+    criterion: str = "miou+boundary_f"
+    images: int = 6
 
 
 @dataclass(frozen=True)

@@ -857,6 +857,19 @@ def write_mask(path: str | Path, labels: np.ndarray, palette: Palette) -> None:
         img.save(tmp, format="PNG", optimize=False)
 
 
+def write_binary_mask(path: str | Path, labels: np.ndarray) -> None:
+    """Write a two-class label map (H, W, values 0 and 1) as a grey PNG of 0 (background) and 255 (object), the
+    usual binary mask; `read_mask` reads it back as 0/1. Atomic."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise UsageError(f"a label map must be (H, W); got shape {labels.shape}")
+    if labels.size and not np.isin(labels, (0, 1)).all():
+        raise UsageError("a binary mask holds labels 0 and 1 only; write other labels with write_mask")
+    img = Image.fromarray((labels != 0).astype(np.uint8) * 255)  # 2-D uint8: mode "L"
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG", optimize=False)
+
+
 def boundary_map(labels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """Bool (H, W): True where a pixel's label differs from its right or lower neighbour, a 1-pixel line on
     the upper/left side of every label change. With `valid` (bool (H, W)), a change counts only between

@@ -86,3 +86,33 @@ def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) ->
     image, _, probs = _edge_scene(16)
     with pytest.raises(UsageError, match=r'pip install "refine-cli\[crf\]"'):
         crf.dense_crf(image, probs)
+
+
+@needs_crf
+def test_label_probs_are_pydensecrfs_unary_from_labels():
+    from pydensecrf.utils import unary_from_labels
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 4, (12, 15))
+    labels[3:5] = 255  # unknown
+    probs = crf.label_probs(labels, 4, 0.7)
+    assert probs.shape == (4, 12, 15) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-6)
+    # pydensecrf marks "unsure" with label 0 and shifts the classes up by one.
+    theirs = unary_from_labels(np.where(labels == 255, 0, labels + 1), 4, gt_prob=0.7, zero_unsure=True)
+    np.testing.assert_allclose(-np.log(probs.reshape(4, -1)), theirs, rtol=1e-6)
+    with pytest.raises(UsageError, match="strictly between"):
+        crf.label_probs(labels, 4, 1.0)
+    with pytest.raises(UsageError, match="0..3"):
+        crf.label_probs(np.full((2, 2), 4), 4, 0.7)
+
+
+@needs_crf
+def test_a_built_crf_runs_any_unary_as_a_fresh_one_would():
+    image, _, probs = _edge_scene(40)
+    other = np.ascontiguousarray(probs[::-1])
+    config = CRFConfig(iterations=4, bilateral_sxy=15.0)
+    model = crf.DenseCRF(image, 2, config=config)
+    model.marginals(probs)
+    np.testing.assert_array_equal(model.marginals(other), crf.DenseCRF(image, 2, config=config).marginals(other))
+    np.testing.assert_array_equal(model.marginals(probs), crf.dense_crf(image, probs, config=config))

@@ -1,4 +1,4 @@
-"""`refine-cli data ...`: write the synthetic world, check a dataset before training."""
+"""`refine-cli data ...`: write the synthetic world, check a dataset before training, coarsen its masks."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from rich.table import Table
 
 from refine_cli.cli.common import cli_errors, console, err_console
 from refine_cli.config import SynthConfig
+from refine_cli.data.coarsen import coarsen_dataset
 from refine_cli.data.formats import open_dataset
 from refine_cli.data.synth import SYNTH_CLASSES, generate
 from refine_cli.data.validate import validate
 
 app = typer.Typer(
     name="data",
-    help="Datasets: write the synthetic world, check a dataset before training.",
+    help="Datasets: write the synthetic world, check a dataset before training, coarsen its masks.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
@@ -112,3 +113,29 @@ def check(
     if count > limit:
         console.print(f"... and {count - limit} more (raise --limit to see them)", highlight=False)
     raise typer.Exit(1)
+
+
+@app.command("coarsen")
+def coarsen(
+    dataset: Annotated[Path, typer.Argument(help="Dataset root folder.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write the coarse masks into (mirroring the dataset's image "
+                                        "tree); must be new or empty.")],
+    format: Annotated[DatasetFormat, typer.Option("--format", help="Layout of the dataset.")] = DatasetFormat.voc,
+    split: Annotated[str, typer.Option(help="Split to coarsen, e.g. train, val.")] = "val",
+    stride: Annotated[int, typer.Option(min=1, help="Output stride to imitate (8, 16: a network's).")] = 8,
+    overwrite: Annotated[bool, typer.Option(help="Write into a folder that already holds files.")] = False,
+) -> None:
+    """Write a split's ground truth coarsened like a stride-N network's output, as coarse masks to refine.
+
+    The one-hot labels are area-averaged over N x N cells, upsampled bilinearly back and argmaxed
+    (deterministic). Two-class masks are written as 0/255 grey PNGs, others as palette PNGs; score them with
+    `refine-cli evaluate --masks OUT`.
+    """
+    with cli_errors():
+        data = open_dataset(dataset, format=format.value, split=split)
+        with _progress() as progress:
+            task = progress.add_task("coarsening", total=len(data))
+            summary = coarsen_dataset(data, out, stride=stride, overwrite=overwrite,
+                                      progress=lambda done, total: progress.update(task, completed=done))
+    console.print(f"wrote {summary.written} masks coarsened at stride {summary.stride} to {summary.out} in "
+                  f"{summary.seconds:.1f} s", highlight=False, markup=False)

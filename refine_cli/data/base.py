@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 import numpy as np
@@ -150,6 +150,11 @@ class SegmentationDataset(Dataset[Sample]):
         """
         palette = list(self.palette) + voc_palette(256)[len(self.palette):]
         return read_mask(pair.masks[0], palette=palette, num_classes=num_classes or self.num_classes)
+
+    def relative_path(self, pair: Pair) -> PurePosixPath:
+        """Where the pair's image sits below the dataset's image folder: the tree that a folder of outputs
+        (refined masks, coarse masks, probabilities) mirrors. Flat layouts: the image's file name."""
+        return PurePosixPath(pair.image.name)
 
     def mask_sizes(self, pair: Pair) -> list[tuple[int, int]]:
         """(height, width) of every annotation file, from headers."""

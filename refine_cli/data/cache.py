@@ -38,13 +38,7 @@ class ProbsCache:
         if not path.is_file():
             raise DataError(f"no cached coarse probabilities for '{name}' ({path}); compute them with the base "
                             "network first, or train without a cache")
-        probs = torch.from_numpy(read_probs(path))
-        if num_classes is not None and probs.shape[0] != num_classes:
-            raise DataError(f"{path} holds {probs.shape[0]} classes but the dataset has {num_classes}; "
-                            "the cache was made for another label set")
-        if size is not None and tuple(probs.shape[1:]) != tuple(size):
-            probs = F.interpolate(probs[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
-        return probs / probs.sum(0, keepdim=True).clamp_min(1e-6)
+        return load_probs(path, size=size, num_classes=num_classes)
 
     def save(self, name: str, probs: torch.Tensor | np.ndarray) -> Path:
         """Write (C, h, w) probabilities atomically; returns the path."""
@@ -52,3 +46,16 @@ class ProbsCache:
         path = self.path(name)
         write_probs(path, array)
         return path
+
+
+def load_probs(path: Path, *, size: tuple[int, int] | None = None, num_classes: int | None = None) -> torch.Tensor:
+    """A `write_probs` file as (C, H, W) float32 probabilities: upsampled bilinearly to `size` = (H, W) when given
+    and smaller or larger, renormalised to sum to 1 at every pixel. A class count other than `num_classes` is a
+    `DataError` naming the file."""
+    probs = torch.from_numpy(read_probs(path))
+    if num_classes is not None and probs.shape[0] != num_classes:
+        raise DataError(f"{path} holds {probs.shape[0]} classes but the dataset has {num_classes}; "
+                        "the probabilities were made for another label set")
+    if size is not None and tuple(probs.shape[1:]) != tuple(size):
+        probs = F.interpolate(probs[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+    return probs / probs.sum(0, keepdim=True).clamp_min(1e-6)

@@ -3,7 +3,7 @@ split by sequence (frames of one sequence are near-duplicates, so a frame-level 
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from refine_cli.data.base import Pair, Problem, SegmentationDataset
 from refine_cli.data.cache import ProbsCache
@@ -44,6 +44,10 @@ class DAVIS(SegmentationDataset):
         super().__init__(pairs, classes=DAVIS_CLASSES, probs_cache=probs_cache)
         self.root, self.split, self.sequences = root, split, tuple(chosen)
         self.listing_problems = problems
+
+    def relative_path(self, pair: Pair) -> PurePosixPath:
+        """`<sequence>/<frame>.jpg`, as under images/."""
+        return PurePosixPath(pair.image.parent.name, pair.image.name)
 
     @staticmethod
     def sequences_of(split: str, sequences: list[str], root: Path) -> list[str]:

@@ -359,6 +359,7 @@ class Engine:
         images: torch.Tensor,
         masks: torch.Tensor | None = None,
         *,
+        coarse_probs: torch.Tensor | None = None,
         num_classes: int | None = None,
         out_sizes: Sequence[tuple[int, int]] | None = None,
         want_probs: bool = False,
@@ -366,17 +367,27 @@ class Engine:
     ) -> BatchOutput:
         """images: (N, h, w, 3) uint8 (CPU, ideally pinned, or on the device); masks: optional (N, h, w) integer
         coarse labels used instead of the base network, with `num_classes` classes (default and the meaning of 255:
-        `mask_classes`). The networks run at (h, w), or scaled down to `max_side`. out_sizes: the (H, W) to give each
-        image's labels at (default (h, w)), such as the full size of an image decoded scaled down. Returns per-image
-        numpy results: labels and coarse labels at the out size (`class_map_at`: no full-size probability maps),
-        probabilities (K, h', w') at the size the networks ran at."""
+        `mask_classes`); coarse_probs: optional (N, K, h, w) float coarse class probabilities (each pixel's K values
+        summing to 1) used instead of either. The networks run at (h, w), or scaled down to `max_side`. out_sizes: the
+        (H, W) to give each image's labels at (default (h, w)), such as the full size of an image decoded scaled
+        down. Returns per-image numpy results: labels and coarse labels (the masks as given, or the coarse
+        probabilities' argmax) at the out size (`class_map_at`: no full-size probability maps), probabilities
+        (K, h', w') at the size the networks ran at."""
+        if masks is not None and coarse_probs is not None:
+            raise UsageError("give coarse masks or coarse probabilities, not both")
         n, height, width = images.shape[:3]
+        if coarse_probs is not None and (coarse_probs.ndim != 4 or coarse_probs.shape[0] != n
+                                         or tuple(coarse_probs.shape[2:]) != (height, width)):
+            raise UsageError(f"coarse probabilities must be (N, K, H, W) = ({n}, K, {height}, {width}); got "
+                             f"{tuple(coarse_probs.shape)}")
         sizes = list(out_sizes) if out_sizes is not None else [(height, width)] * n
         x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         work = working_size(height, width, self.max_side)
         xw = resize_images(x, work)
         del x
-        if masks is not None:
+        if coarse_probs is not None:
+            coarse = resize_images(coarse_probs.to(self.device, non_blocking=True).float(), work)
+        elif masks is not None:
             m = masks.to(self.device, non_blocking=True).long()
             k, unknown = mask_classes(m, num_classes)
             if work != (height, width):

@@ -187,3 +187,19 @@ def test_a_refiner_that_corrects_nothing_keeps_the_full_size_mask(tmp_path: Path
     mask[40:60, 30:90] = 2
     small = Refiner(base=None, refiner=path, device="cpu", refiner_side=32)
     np.testing.assert_array_equal(small.refine(_image(96, 128), mask=mask).labels, mask)
+def test_given_probabilities_run_like_the_masks_they_encode(nets):
+    from refine_cli.pipeline.engine import masks_to_probs, stack_images
+
+    masks_only = Refiner(base=None, refiner=nets["refiner"], device="cpu")
+    mask = np.zeros((1, 40, 44), np.int64)
+    mask[0, 8:30, 5:25] = 1
+    mask[0, 20:36, 18:40] = 2
+    images = stack_images([_image(40, 44, 3)], pin=False)
+    by_mask = masks_only.engine.run(images, torch.from_numpy(mask), num_classes=3)
+    by_probs = masks_only.engine.run(images, coarse_probs=masks_to_probs(torch.from_numpy(mask), 3))
+    np.testing.assert_array_equal(by_probs.labels[0], by_mask.labels[0])
+    np.testing.assert_array_equal(by_probs.coarse[0], mask[0])
+    with pytest.raises(UsageError, match="not both"):
+        masks_only.engine.run(images, torch.from_numpy(mask), coarse_probs=masks_to_probs(torch.from_numpy(mask), 3))
+    with pytest.raises(UsageError, match=r"\(N, K, H, W\)"):
+        masks_only.engine.run(images, coarse_probs=torch.full((1, 3, 40, 43), 1 / 3))
