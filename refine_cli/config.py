@@ -82,9 +82,9 @@ class PerturbConfig:
     warp_scale: tuple[float, float] = (16.0, 48.0)  # side of the displacement field's cells
     morph_p: float = 0.5
     morph_px: int = 4  # each class grown or shrunk by up to this
-    blobs: tuple[int, int] = (0, 2)  # holes and spurious blobs per map, inclusive
+    blobs: tuple[int, int] = (0, 1)  # holes and spurious blobs per map, inclusive, of a class drawn uniformly
     blob_radius: tuple[float, float] = (0.02, 0.10)
-    confuse_p: float = 0.2  # part of one class's region given another present class
+    confuse_p: float = 0.1  # part of one class's region given another present class
     confuse_radius: tuple[float, float] = (0.1, 0.3)
     stride_p: float = 0.8
     stride: tuple[float, float] = (4.0, 24.0)  # blurred like the output of a network of this stride
@@ -342,6 +342,8 @@ class RefinerTrainConfig:
         `perturb_share`, a fitting base otherwise; datasets no base fits always use ground truth).
     hard_p: chance that a base network's map becomes one-hot (masks made elsewhere); perturbed ground truth has its
         own (`perturb.hard_p`).
+    perturb_base_p: chance that a base network's map is itself perturbed (its argmax, as ground truth is): a
+        network's outputs on the images it was trained on are better than anything it gives a user.
     boundary_weight: pixels within 2 px of a true label change weigh 1 + this in the loss.
     val_limit: validate on at most this many images per dataset (None: all).
     """
@@ -368,6 +370,7 @@ class RefinerTrainConfig:
     perturb_share: float = 0.5
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
     hard_p: float = 0.3
+    perturb_base_p: float = 0.5
     boundary_weight: float = 0.0
     val_limit: int | None = None
 

@@ -374,6 +374,10 @@ def refiner(
     perturb_share: Annotated[float, typer.Option("--perturb-share", min=0.0, max=1.0, help="With --coarse mixed, "
                                                  "the share of crops made from ground truth.",
                                                  rich_help_panel=WORKING)] = REFINER.perturb_share,
+    perturb_base: Annotated[float, typer.Option("--perturb-base", min=0.0, max=1.0, help="Chance that a base "
+                                                "network's map is perturbed further (its outputs on the images it "
+                                                "was trained on are too good).", rich_help_panel=WORKING)] = (
+        REFINER.perturb_base_p),
     perturb_hard: Annotated[float, typer.Option("--perturb-hard", min=0.0, max=1.0, help="Share of ground-truth "
                                                 "coarse maps that are one-hot masks (the rest stay soft).",
                                                 rich_help_panel=WORKING)] = REFINER.perturb.hard_p,
@@ -474,7 +478,7 @@ def refiner(
         config = RefinerTrainConfig(
             arch=arch, arch_args=_arch_args(arch_arg), base=bases[0] if bases else "", more_bases=tuple(bases[1:]),
             data=datasets[0], more_data=tuple(datasets[1:]), images_per_batch=images_per_batch,
-            crops=crops.value, coarse=coarse.value, perturb_share=perturb_share,
+            crops=crops.value, coarse=coarse.value, perturb_share=perturb_share, perturb_base_p=perturb_base,
             perturb=replace(REFINER.perturb, hard_p=perturb_hard),
             working=replace(REFINER.working, size=size, side=working_side, max_classes=max_classes,
                             min_labels=min_labels, max_tries=max_tries),

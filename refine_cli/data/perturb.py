@@ -109,9 +109,11 @@ def morph_labels(label: torch.Tensor, radii: list[int]) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def blob_mask(height: int, width: int, *, rng: torch.Generator, radius: float) -> torch.Tensor:
-    """A random irregular blob (an ellipse with a wavy border) of about `radius` pixels, somewhere in the map."""
-    cy, cx = _uniform(rng, 0, height), _uniform(rng, 0, width)
+def blob_mask(height: int, width: int, *, rng: torch.Generator, radius: float,
+              centre: tuple[float, float] | None = None) -> torch.Tensor:
+    """A random irregular blob (an ellipse with a wavy border) of about `radius` pixels around `centre` (y, x), or
+    somewhere in the map."""
+    cy, cx = centre if centre is not None else (_uniform(rng, 0, height), _uniform(rng, 0, width))
     ry, rx = radius * _uniform(rng, 0.5, 1.5), radius * _uniform(rng, 0.5, 1.5)
     angle = _uniform(rng, 0, math.pi)
     ys = torch.arange(height, dtype=torch.float32)[:, None] - cy
@@ -122,6 +124,26 @@ def blob_mask(height: int, width: int, *, rng: torch.Generator, radius: float) -
     phase = _uniform(rng, 0, 2 * math.pi)
     wobble = 1 + 0.25 * torch.sin(3 * theta + phase)
     return u * u + v * v <= wobble * wobble
+
+
+def _pixel_of(mask: torch.Tensor, rng: torch.Generator) -> tuple[float, float] | None:
+    """A uniformly drawn (y, x) where `mask` is True, None when it is all False."""
+    where = mask.flatten().nonzero().flatten()
+    if len(where) == 0:
+        return None
+    index = int(where[int(torch.randint(len(where), (), generator=rng))])
+    return float(index // mask.shape[1]), float(index % mask.shape[1])
+
+
+def drop_blob(label: torch.Tensor, cls: int, *, rng: torch.Generator, radius: float) -> torch.Tensor:
+    """`label` with a blob of class `cls` centred on a pixel of another class: a hole in an object, or a spurious
+    region on the background, a region the image says belongs elsewhere. The caller draws `cls` uniformly among
+    the present classes, not by area, so holes in small objects are as common as blobs on large backgrounds."""
+    centre = _pixel_of(label != cls, rng)
+    if centre is None:
+        return label
+    mask = blob_mask(*label.shape, rng=rng, radius=radius, centre=centre)
+    return torch.where(mask, torch.full_like(label, cls), label)
 
 
 def perturb(
@@ -149,19 +171,13 @@ def perturb(
         out = morph_labels(out, radii)
     present = torch.unique(out).tolist()
     blobs = int(torch.randint(cfg.blobs[0], cfg.blobs[1] + 1, (), generator=rng))
-    for _ in range(blobs):
-        radius = _uniform(rng, *cfg.blob_radius) * min(height, width)
-        mask = blob_mask(height, width, rng=rng, radius=radius)
-        inside = torch.unique(out[mask]).tolist()
-        if not inside:
-            continue
-        # a hole takes a class that surrounds it; a spurious blob a class present elsewhere in the map
-        choices = [c for c in present if c not in inside] or present
-        cls = choices[int(torch.randint(len(choices), (), generator=rng))]
-        out = torch.where(mask, torch.full_like(out, cls), out)
+    for _ in range(blobs if len(present) > 1 else 0):
+        cls = present[int(torch.randint(len(present), (), generator=rng))]
+        out = drop_blob(out, cls, rng=rng, radius=_uniform(rng, *cfg.blob_radius) * min(height, width))
     if _chance(rng, cfg.confuse_p) and len(present) > 1:
         victim = present[int(torch.randint(len(present), (), generator=rng))]
-        region = (out == victim) & blob_mask(height, width, rng=rng,
+        centre = _pixel_of(out == victim, rng)
+        region = (out == victim) & blob_mask(height, width, rng=rng, centre=centre,
                                              radius=_uniform(rng, *cfg.confuse_radius) * min(height, width))
         others = [c for c in present if c != victim]
         out = torch.where(region, torch.full_like(out, others[int(torch.randint(len(others), (), generator=rng))]),

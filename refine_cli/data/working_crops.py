@@ -84,14 +84,15 @@ def working_crop(
     rng: torch.Generator,
     probs: torch.Tensor | None = None,
     hard_p: float = 0.0,
+    perturb_base_p: float = 0.0,
     perturb_config: PerturbConfig | None = None,
     config: WorkingCropConfig = _CROP,
 ) -> WorkingCrop:
     """One training crop at the refiner's working resolution.
 
     image (3, H, W) uint8, label (H, W) int (255 ignored) at full size. The coarse input is `probs` (K, H, W) (a
-    base network's, made one-hot with chance `hard_p`) when given, else made from the crop's ground truth with
-    `perturb_config`. The crop covers `config.size / f` full-size pixels, f = config.side / max(H, W) times a zoom
+    base network's, made one-hot with chance `hard_p`, or its argmax perturbed further with chance
+    `perturb_base_p`) when given, else made from the crop's ground truth with `perturb_config`. The crop covers `config.size / f` full-size pixels, f = config.side / max(H, W) times a zoom
     log-uniform in `config.zoom`, and is scaled to `config.size` as the pipeline scales (antialiased bilinear for the
     image and probabilities; ground truth perturbed at twice the size and area-averaged down, so a hard mask gets
     the same soft edge it gets at inference). Flipped left-right with chance 1/2 when `config.flip`.
@@ -106,13 +107,18 @@ def working_crop(
     lab = _region(label, top, left, side, IGNORE_INDEX)
     img_c = resize_images(img[None].float(), (c, c))[0].round().clamp(0, 255).to(torch.uint8)
     lab_c = _nearest(lab, c)
+    cfg = perturb_config or PerturbConfig()
     if probs is not None:
         region = _region(probs.float(), top, left, side, 0.0)
-        if hard_p > 0 and float(torch.rand((), generator=rng)) < hard_p:
-            region = one_hot(region.argmax(0), num_classes)
-        coarse = resize_images(region[None], (c, c))[0]
+        if perturb_base_p > 0 and float(torch.rand((), generator=rng)) < perturb_base_p:
+            # a network's map on its own training images is too good: its mistakes, and made ones on top
+            fine = perturb(_nearest(region.argmax(0), 2 * c), num_classes, rng=rng, config=cfg)
+            coarse = F.interpolate(fine[None], size=(c, c), mode="area")[0]
+        else:
+            if hard_p > 0 and float(torch.rand((), generator=rng)) < hard_p:
+                region = one_hot(region.argmax(0), num_classes)
+            coarse = resize_images(region[None], (c, c))[0]
     else:
-        cfg = perturb_config or PerturbConfig()
         fine = perturb(_nearest(lab, 2 * c), num_classes, rng=rng, config=cfg)
         coarse = F.interpolate(fine[None], size=(c, c), mode="area")[0]
     if config.flip and float(torch.rand((), generator=rng)) < 0.5:

@@ -75,6 +75,7 @@ class _WorkingSamples(Dataset):
         self.sources, self.per_dataset, self.crops = sources, per_dataset, crops
         self.working, self.perturb = config.working, config.perturb
         self.coarse, self.perturb_share, self.hard_p = config.coarse, config.perturb_share, config.hard_p
+        self.perturb_base_p = config.perturb_base_p
 
     def __len__(self) -> int:
         return self.per_dataset * len(self.sources)
@@ -92,7 +93,8 @@ class _WorkingSamples(Dataset):
             cache = caches[int(torch.randint(len(caches), (), generator=rng))]
             probs = cache.load(sample.name, size=tuple(sample.label.shape), num_classes=dataset.num_classes)
         return [working_crop(sample.image, sample.label, dataset.num_classes, rng=rng, probs=probs,
-                             hard_p=self.hard_p, perturb_config=self.perturb, config=self.working)
+                             hard_p=self.hard_p, perturb_base_p=self.perturb_base_p, perturb_config=self.perturb,
+                             config=self.working)
                 for _ in range(self.crops)]
 
 

@@ -63,3 +63,19 @@ def test_perturb_is_seeded_and_always_a_distribution():
     assert torch.allclose(a.sum(0), torch.ones(64, 64), atol=1e-5) and (a >= 0).all()
     hard = perturb(label, 3, rng=torch.Generator().manual_seed(7), config=PerturbConfig(hard_p=1.0))
     assert set(hard.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_blobs_are_holes_as_often_as_spurious_regions():
+    """Blob classes are drawn uniformly, not by area: on a small object, holes (object pixels lost) happen about as
+    often as spurious object regions (background pixels gained)."""
+    from refine_cli.data.perturb import drop_blob
+
+    label = _square(64, 24, 40)  # 16 x 16 object on a 64 x 64 background
+    holes = spurious = 0
+    rng = torch.Generator().manual_seed(3)
+    for _ in range(200):
+        cls = int(torch.randint(2, (), generator=rng))
+        out = drop_blob(label, cls, rng=rng, radius=4.0)
+        holes += int(((label == 1) & (out == 0)).any())
+        spurious += int(((label == 0) & (out == 1)).any())
+    assert 70 < holes < 130 and 70 < spurious < 130
