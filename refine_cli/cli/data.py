@@ -123,11 +123,14 @@ def coarsen(
     format: Annotated[DatasetFormat, typer.Option("--format", help="Layout of the dataset.")] = DatasetFormat.voc,
     split: Annotated[str, typer.Option(help="Split to coarsen, e.g. train, val.")] = "val",
     stride: Annotated[int, typer.Option(min=1, help="Output stride to imitate (8, 16: a network's).")] = 8,
+    upsample: Annotated[str, typer.Option(help="How the cells come back to full size: bilinear (as networks "
+                                          "upsample their logits) or nearest (blocks, as a mask enlarged by pixel "
+                                          "replication).")] = "bilinear",
     overwrite: Annotated[bool, typer.Option(help="Write into a folder that already holds files.")] = False,
 ) -> None:
     """Write a split's ground truth coarsened like a stride-N network's output, as coarse masks to refine.
 
-    The one-hot labels are area-averaged over N x N cells, upsampled bilinearly back and argmaxed
+    The one-hot labels are area-averaged over N x N cells, upsampled back (bilinearly, or by repetition) and argmaxed
     (deterministic). Two-class masks are written as 0/255 grey PNGs, others as palette PNGs; score them with
     `refine-cli evaluate --masks OUT`.
     """
@@ -135,7 +138,7 @@ def coarsen(
         data = open_dataset(dataset, format=format.value, split=split)
         with _progress() as progress:
             task = progress.add_task("coarsening", total=len(data))
-            summary = coarsen_dataset(data, out, stride=stride, overwrite=overwrite,
+            summary = coarsen_dataset(data, out, stride=stride, upsample=upsample, overwrite=overwrite,
                                       progress=lambda done, total: progress.update(task, completed=done))
     console.print(f"wrote {summary.written} masks coarsened at stride {summary.stride} to {summary.out} in "
                   f"{summary.seconds:.1f} s", highlight=False, markup=False)

@@ -20,13 +20,17 @@ from refine_cli.errors import DataError, UsageError
 from refine_cli.labels import IGNORE_INDEX
 
 
-def coarsen_labels(labels: np.ndarray, num_classes: int, stride: int) -> np.ndarray:
+UPSAMPLING = ("bilinear", "nearest")
+
+
+def coarsen_labels(labels: np.ndarray, num_classes: int, stride: int, *, upsample: str = "bilinear") -> np.ndarray:
     """Coarsen a label map like a stride-`stride` network's output.
 
     labels: integer (H, W), values 0..num_classes-1, 255 = ignore (when there are at most 255 classes).
     Each class's one-hot map is area-averaged onto a grid of ceil(H / stride) x ceil(W / stride) cells (torch's
     adaptive average pooling: cells of about stride x stride pixels), the cell scores are upsampled back to
-    (H, W) bilinearly (half-pixel centres, as networks upsample their logits), and every pixel takes the class
+    (H, W) bilinearly (half-pixel centres, as networks upsample their logits; or, with `upsample="nearest"`, each
+    cell's shares repeated over its pixels, as a mask enlarged by pixel replication), and every pixel takes the class
     with the highest score, the lowest index on ties. Ignored pixels add to no class, so a cell's shares come
     from its labelled pixels; pixels whose neighbouring cells hold no labelled pixel at all come back as 255.
     Computed in float64 on the CPU: the same input gives the same output. Returns int64 (H, W).
@@ -38,6 +42,8 @@ def coarsen_labels(labels: np.ndarray, num_classes: int, stride: int) -> np.ndar
         raise UsageError(f"the stride must be at least 1; got {stride}")
     if num_classes < 1:
         raise UsageError(f"num_classes must be positive; got {num_classes}")
+    if upsample not in UPSAMPLING:
+        raise UsageError(f"unknown upsampling '{upsample}'; choose one of {', '.join(UPSAMPLING)}")
     height, width = labels.shape
     ignored = labels == IGNORE_INDEX if num_classes <= IGNORE_INDEX else np.zeros(labels.shape, bool)
     known = np.where(ignored, 0, labels).astype(np.int64)
@@ -47,7 +53,10 @@ def coarsen_labels(labels: np.ndarray, num_classes: int, stride: int) -> np.ndar
     onehot *= torch.from_numpy(~ignored)[None]
     cells = (math.ceil(height / stride), math.ceil(width / stride))
     shares = F.adaptive_avg_pool2d(onehot[None], cells)
-    scores = F.interpolate(shares, size=(height, width), mode="bilinear", align_corners=False)[0]
+    if upsample == "nearest":
+        scores = F.interpolate(shares, size=(height, width), mode="nearest")[0]
+    else:
+        scores = F.interpolate(shares, size=(height, width), mode="bilinear", align_corners=False)[0]
     coarse = scores.argmax(0).numpy()
     coarse[(scores.sum(0) <= 0).numpy()] = IGNORE_INDEX
     return coarse.astype(np.int64)
@@ -59,6 +68,7 @@ class CoarsenSummary:
     written: int
     stride: int
     seconds: float
+    upsample: str = "bilinear"
 
 
 def coarsen_dataset(
@@ -66,6 +76,7 @@ def coarsen_dataset(
     out: str | Path,
     *,
     stride: int,
+    upsample: str = "bilinear",
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> CoarsenSummary:
@@ -85,7 +96,7 @@ def coarsen_dataset(
     for done, pair in enumerate(dataset.pairs, start=1):
         if not pair.masks:
             raise DataError(f"'{pair.name}' has no mask to coarsen; run `refine-cli data check` and fix it")
-        coarse = coarsen_labels(dataset.read_label(pair), dataset.num_classes, stride)
+        coarse = coarsen_labels(dataset.read_label(pair), dataset.num_classes, stride, upsample=upsample)
         target = io.safe_output_path(out, dataset.relative_path(pair), ".png")
         if dataset.num_classes == 2 and not (coarse == IGNORE_INDEX).any():
             io.write_binary_mask(target, coarse)
@@ -93,4 +104,5 @@ def coarsen_dataset(
             io.write_mask(target, coarse, dataset.palette)
         if progress is not None:
             progress(done, total)
-    return CoarsenSummary(out=out, written=total, stride=stride, seconds=time.perf_counter() - start)
+    return CoarsenSummary(out=out, written=total, stride=stride, seconds=time.perf_counter() - start,
+                          upsample=upsample)

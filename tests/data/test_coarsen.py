@@ -40,6 +40,17 @@ def test_matches_the_recipe_written_out_by_hand():
     assert not np.array_equal(expected, labels)  # the recipe does change this map
 
 
+def test_nearest_upsampling_gives_blocks_of_cell_majorities():
+    labels = np.zeros((8, 8), np.int64)
+    labels[1:6, 2:7] = 1  # covers cell (0, 1) 3 of 4 pixels, cell (2, 3) 1 of 4
+    blocky = coarsen_labels(labels, 2, 2, upsample="nearest")
+    cells = (labels.reshape(4, 2, 4, 2).mean(axis=(1, 3)) > 0.5).astype(np.int64)
+    np.testing.assert_array_equal(blocky, np.kron(cells, np.ones((2, 2), np.int64)))
+    assert not np.array_equal(blocky, coarsen_labels(labels, 2, 2))
+    with pytest.raises(UsageError, match="upsampling"):
+        coarsen_labels(labels, 2, 2, upsample="bicubic")
+
+
 def test_stride_one_and_flat_maps_are_unchanged():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, (17, 23))
