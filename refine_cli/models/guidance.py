@@ -88,6 +88,11 @@ class GuidanceNet(VGG16Trunk):
         Returns raw (unnormalised) gates (N, 4, 3, C, H // 2, W // 2): directions in the order of
         `refine_cli.ops.DIRECTIONS`, then g1, g2, g3, then the C hidden channels.
         """
+        return self.features_and_gates(image)[1]
+
+    def features_and_gates(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `forward`, also returning the features the gates are computed from: (N, D, H // 2, W // 2), D the last
+        decoder conv's width."""
         f = self.forward_trunk(image)
         h = f.pool5
         h = F.relu(self.up5(_up(h, f.conv5_3)), inplace=True) + f.conv5_3
@@ -102,7 +107,7 @@ class GuidanceNet(VGG16Trunk):
         g = g.view(n, NUM_DIRECTIONS, GATES_PER_DIRECTION, self.channels, *size)
         if self.edge_sigma is not None:
             g = g * colour_affinity(image, size, self.edge_sigma).to(g.dtype)[:, :, :, None]
-        return g
+        return h, g
 
 
 def colour_affinity(image: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:

@@ -65,6 +65,9 @@ class SPNRefiner(nn.Module):
     keep_gate: (residual only) also decode, per pixel and class, how much of log(coarse) to keep, so that a hard
         one-hot input, whose log is 0 or log(RESIDUAL_EPS), can be overruled by a small correction where the
         refiner doubts it and left alone elsewhere. Not in the release.
+    prototype: (universal only) each class map enters with a second map, how much every pixel looks like the
+        class as a whole (`prototype_similarity` of the guidance network's features): non-local evidence that a
+        local scan lacks, for holes, stray blobs and whole regions of the wrong class. Not in the release.
     """
 
     # The encoder's 4x4 stride-2 convolution (padding 1) needs two pixels each way; the pipeline pads smaller inputs.
@@ -82,6 +85,7 @@ class SPNRefiner(nn.Module):
         decode_at: Literal["full", "half"] = "full",
         residual: bool = False,
         keep_gate: bool = False,
+        prototype: bool = False,
     ) -> None:
         super().__init__()
         if keep_gate and not residual:
@@ -93,7 +97,10 @@ class SPNRefiner(nn.Module):
         maps = 1 if per_class else classes
         self.per_class, self.classes = per_class, maps
         self.guidance = guidance
-        self.encode = nn.Conv2d(maps, hidden, 4, stride=2, padding=1)
+        if prototype and not per_class:
+            raise ValueError("prototype similarity is a per-class input of the universal refiner")
+        self.prototype = prototype
+        self.encode = nn.Conv2d(maps * (2 if prototype else 1), hidden, 4, stride=2, padding=1)
         self.propagation = SpatialPropagation(passes=passes, gate_norm=gate_norm)
         self.decode_mid = nn.Conv2d(hidden, mid_channels, 3, padding=1)
         self.keep_gate = keep_gate
@@ -128,9 +135,14 @@ class SPNRefiner(nn.Module):
         n, k, height, width = coarse.shape
         if not self.per_class and k != self.classes:
             raise ValueError(f"this refiner takes {self.classes} class maps, got {k}")
-        gates = self.guidance(image)
         groups = k if self.per_class else 1
-        maps = coarse.reshape(n * groups, self.classes, height, width)
+        if self.prototype:
+            features, gates = self.guidance.features_and_gates(image)
+            similarity = prototype_similarity(features, coarse)
+            maps = torch.stack([coarse, _resize(similarity, height, width)], dim=2).flatten(0, 1)
+        else:
+            gates = self.guidance(image)
+            maps = coarse.reshape(n * groups, self.classes, height, width)
         hidden = self.encode(maps)
         hidden = hidden.view(n, groups, *hidden.shape[1:])
         hidden = self.propagation(hidden, gates.to(hidden.dtype)).flatten(0, 1)
@@ -145,6 +157,19 @@ class SPNRefiner(nn.Module):
             return keep, correction
         keep = torch.ones((), dtype=out.dtype, device=out.device) if self.residual else out.new_zeros(())
         return keep, out.reshape(n, k, height, width)
+
+
+def prototype_similarity(features: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """features: (N, D, h, w); coarse: (N, K, H, W) class probabilities -> (N, K, h, w) cosine similarity in [-1, 1]
+    of each pixel's feature vector with class k's prototype, the mean feature vector weighted by p_k (at the
+    features' size, area-averaged). A class with no weight gets similarity 0."""
+    f = F.normalize(features.float(), dim=1)
+    p = F.adaptive_avg_pool2d(coarse.float(), f.shape[-2:]) if coarse.shape[-2:] != f.shape[-2:] else coarse.float()
+    weight = p.flatten(2)  # (N, K, hw)
+    prototypes = torch.bmm(weight, f.flatten(2).transpose(1, 2)) / weight.sum(-1, keepdim=True).clamp_min(1e-6)
+    prototypes = F.normalize(prototypes, dim=-1)  # (N, K, D)
+    similarity = torch.bmm(prototypes, f.flatten(2))  # (N, K, hw)
+    return similarity.view(*p.shape).to(features.dtype)
 
 
 def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -183,6 +208,7 @@ def spn_universal(
     decode_at: Literal["full", "half"] = "full",
     residual: bool = False,
     keep_gate: bool = False,
+    prototype: bool = False,
     edge_sigma: float | None = None,
 ) -> SPNRefiner:
     """The universal refiner: each class map propagated alone with shared weights (1 in, `hidden` channels at half
@@ -206,6 +232,7 @@ def spn_universal(
         decode_at=decode_at,
         residual=residual,
         keep_gate=keep_gate,
+        prototype=prototype,
     )
 
 

@@ -259,3 +259,33 @@ def test_keep_gate_starts_near_the_coarse_map_and_can_overrule_a_hard_one():
 def test_keep_gate_needs_a_residual_refiner():
     with pytest.raises(ValueError, match="residual"):
         spn_universal(guidance_width=0.125, hidden=4, keep_gate=True)
+
+
+def test_prototype_similarity_is_the_cosine_to_each_class_mean():
+    from refine_cli.models.spn import prototype_similarity
+
+    features = torch.zeros(1, 2, 2, 2)
+    features[0, 0, :, 0] = 1.0  # left column points along d0
+    features[0, 1, :, 1] = 1.0  # right column along d1
+    coarse = torch.zeros(1, 3, 2, 2)
+    coarse[0, 0, :, 0] = 1.0  # class 0 is the left column
+    coarse[0, 1, :, 1] = 1.0  # class 1 the right one; class 2 nowhere
+    s = prototype_similarity(features, coarse)
+    torch.testing.assert_close(s[0, 0], torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    torch.testing.assert_close(s[0, 1], torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    assert s[0, 2].abs().max() == 0
+
+
+def test_prototype_refiner_takes_any_number_of_classes_and_starts_as_the_identity():
+    torch.manual_seed(0)
+    model = spn_universal(guidance_width=0.125, guidance_batch_norm=True, hidden=4, mid_channels=4, residual=True,
+                          keep_gate=True, prototype=True).eval()
+    for k in (1, 2, 5):
+        coarse = torch.softmax(torch.randn(2, k, 20, 28), 1)
+        image = torch.randn(2, 3, 20, 28)
+        assert torch.equal(model(image, coarse).argmax(1), coarse.argmax(1))
+    with pytest.raises(ValueError, match="universal"):
+        from refine_cli.models.guidance import GuidanceNet
+        from refine_cli.models.spn import SPNRefiner
+
+        SPNRefiner(guidance=GuidanceNet(channels=4, width=0.125), per_class=False, classes=3, prototype=True)
