@@ -1,11 +1,18 @@
 """The C++ CPU kernels (csrc/scan_cpu.cpp): built once at first use with torch.utils.cpp_extension, cached in the
 torch extensions folder, and wrapped as an autograd function. A machine without a compiler gets a logged warning
-and the PyTorch kernels instead (`available()` is False, `build_error()` says why)."""
+and the PyTorch kernels instead (`available()` is False, `build_error()` says why).
+
+Builds never wait forever. torch guards a build folder with a bare `lock` file that a killed build leaves behind,
+and every later build then waits on it without end. Each build here first takes an operating-system lock on a file
+beside the folder (released by the kernel when its holder dies, however it dies): whoever holds it is the only
+builder, so a torch `lock` found then is stale and is removed. A live build elsewhere is waited for at most
+`BUILD_WAIT_S` seconds; after that this process uses the PyTorch kernels and says why."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import errno
 import logging
 import os
 import subprocess
@@ -43,6 +50,7 @@ def _flags() -> tuple[list[str], list[str]]:
 # The name keys torch's build cache; torch rebuilds by itself when the source or the flags change.
 EXTENSION_NAME = f"refine_cli_spn_cpu_{_isa()[0]}"
 NORM_CODES = {None: 0, "bounded": 1, "unit_sum": 2}  # the Norm enum of scan_cpu.cpp
+BUILD_WAIT_S = 600.0  # how long to wait for another process's build (a normal one takes well under a minute)
 
 
 @dataclass(frozen=True)
@@ -75,23 +83,29 @@ def _build_tools_on_path() -> Iterator[None]:
 @functools.cache
 def load() -> BuildResult:
     """Build (first call on a machine: tens of seconds) or load (cached: well under a second) the extension. Never
-    raises: a failed build is reported in the result and logged once."""
+    raises and never waits without end: a failed build is reported in the result and logged once."""
+    return _build(build_directory(), BUILD_WAIT_S)
+
+
+def _build(folder: Path, wait_s: float) -> BuildResult:
     from torch.utils import cpp_extension
 
     start = time.perf_counter()
-    log.info("loading the C++ propagation kernels (built once, then cached under %s)", _build_root())
+    log.info("loading the C++ propagation kernels (built once, then cached in %s)", folder)
     try:
-        with _build_tools_on_path():
+        with _sole_builder(folder, wait_s), _build_tools_on_path():
             # Registers torch.ops.refine_cli_spn.scan_forward / scan_backward (TORCH_LIBRARY in the source).
             cpp_extension.load(
                 name=EXTENSION_NAME,
                 sources=[str(SOURCE)],
                 extra_cflags=_flags()[0],
                 extra_ldflags=_flags()[1],
+                build_directory=str(folder),
                 is_python_module=False,
                 verbose=False,
             )
-    # No compiler or ninja, a compile or link error, an unloadable library: all end in the PyTorch kernels.
+    # No compiler or ninja, a compile or link error, an unloadable library, a build elsewhere that never ends: all
+    # end in the PyTorch kernels.
     except (OSError, RuntimeError, ImportError, subprocess.CalledProcessError) as exc:
         seconds = time.perf_counter() - start
         message = _first_cause(exc)
@@ -104,6 +118,68 @@ def load() -> BuildResult:
     seconds = time.perf_counter() - start
     log.info("C++ propagation kernels ready in %.1f s", seconds)
     return BuildResult(True, None, seconds)
+
+
+def build_directory() -> Path:
+    """Where the extension is built: one folder per Python, torch version and kind of CPU under the torch extensions
+    folder (TORCH_EXTENSIONS_DIR when set), so a torch upgrade never loads a library built against another torch."""
+    torch_version = torch.__version__.split("+")[0]
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return Path(_build_root()) / f"{python}_torch{torch_version}" / EXTENSION_NAME
+
+
+@contextlib.contextmanager
+def _sole_builder(folder: Path, wait_s: float) -> Iterator[None]:
+    """Hold the operating-system lock of `folder`'s builds (waiting up to `wait_s` seconds for another holder), then
+    clear the torch `lock` file a killed build left. Raises TimeoutError when the other build outlasts the wait."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".build-lock"), "a+b") as handle:
+        deadline = time.monotonic() + wait_s
+        while not _try_lock(handle):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"another process has been building the C++ kernels in {folder} for over {wait_s:.0f} s"
+                )
+            time.sleep(0.2)
+        try:
+            stale = folder / "lock"  # torch's FileBaton: nobody else can be building now
+            if stale.exists():
+                log.warning("removing %s, left by a C++ kernel build that was killed", stale)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            _unlock(handle)
+
+
+def _try_lock(handle) -> bool:
+    """Take the exclusive lock on an open file without blocking; False when another process holds it."""
+    try:
+        if sys.platform == "win32":
+            import msvcrt
+
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EAGAIN, errno.EDEADLK):
+            return False
+        raise
+    return True
+
+
+def _unlock(handle) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _first_cause(exc: BaseException) -> str:
