@@ -4,6 +4,7 @@ time on an --out folder, stale temporary files, Ctrl-C at every stage."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -322,23 +323,19 @@ def test_ctrl_c_mid_run_counts_every_file_on_disk(nets, tmp_path: Path, monkeypa
         Image.fromarray(_rgb(24, 24, i)).save(images / f"{i:02d}.png")
     out, summary = tmp_path / "out", tmp_path / "summary.json"
     real_write = folder_module.write_outputs
+    written = itertools.count(1)
 
     def slow_write(*args, **kwargs):  # several writes are under way when Ctrl-C comes
         time.sleep(0.2)
         real_write(*args, **kwargs)
+        if next(written) == 3:  # the third file is on disk: Ctrl-C, as from the terminal (the main thread gets it)
+            os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(folder_module, "write_outputs", slow_write)
 
     def masks() -> list[Path]:
         return [p for p in (out / "masks").glob("*.png") if not p.name.startswith(".")]
 
-    def press_ctrl_c() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(masks()) < 3:
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGINT)  # KeyboardInterrupt in the main thread, as from the terminal
-
-    threading.Thread(target=press_ctrl_c, daemon=True).start()
     result = runner.invoke(app, ["refine", str(images), "--out", str(out), *_nets(nets), "--batch-size", "1",
                                  "--no-overlay", "--json", str(summary)])
     assert result.exit_code == 130, result.output
