@@ -29,9 +29,11 @@ from refine_cli.bench.propagate import (
 )
 from refine_cli.bench.scaling import ScalingReport, bench_scaling, plot_scaling, require_matplotlib
 from refine_cli.bench.workload import random_checkpoint
-from refine_cli.cli.common import cli_errors, console, err_console, refiner_side, refiner_side_option
+from refine_cli.cli.common import cli_errors, console, err_console, refiner_side
 from refine_cli.cli.evaluate import report_table
-from refine_cli.cli.refine import BatchSize, Compile, Device, Precision, Workers
+from refine_cli.cli.options import (
+    NETWORKS, OUTPUTS, BatchSize, Compile, DecodeWorkers, Device, JsonOut, Precision, RefinerSide,
+)
 from refine_cli.config import BenchConfig, PipelineConfig
 from refine_cli.device import describe, resolve_device
 from refine_cli.errors import UsageError
@@ -46,26 +48,25 @@ app = typer.Typer(
 )
 
 DEFAULT = BenchConfig()
-WORKLOAD, NETS, OUTPUT = "Workload", "Networks", "Output"
+WORKLOAD = "Workload"
 
 N = Annotated[int, typer.Option("--n", min=1, help="Number of synthetic images.", rich_help_panel=WORKLOAD)]
 Size = Annotated[int, typer.Option("--size", min=32, help="Side of the square synthetic images, in pixels.",
                                    rich_help_panel=WORKLOAD)]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the synthetic world the images are drawn from.",
-                                   rich_help_panel=WORKLOAD)]
+WorkloadSeed = Annotated[int, typer.Option("--seed", help="Seed of the synthetic world the images are drawn from.",
+                                           rich_help_panel=WORKLOAD)]
 Repeats = Annotated[int, typer.Option("--repeats", min=1, help="Runs per measurement; the median is reported.",
                                       rich_help_panel=WORKLOAD)]
-Base = Annotated[str, typer.Option("--base", help="Base segmenter: a checkpoint name or path ('default': bundled); "
-                                   "with --random-init a registered architecture.", rich_help_panel=NETS)]
-RefinerOpt = Annotated[str, typer.Option("--refiner", help="SPN refiner: a checkpoint name or path ('default': "
+BaseOrArch = Annotated[str, typer.Option("--base", help="Base segmenter: a checkpoint name or path ('default': "
                                          "bundled); with --random-init a registered architecture.",
-                                         rich_help_panel=NETS)]
+                                         rich_help_panel=NETWORKS)]
+RefinerOrArch = Annotated[str, typer.Option("--refiner", help="SPN refiner: a checkpoint name or path ('default': "
+                                            "bundled); with --random-init a registered architecture.",
+                                            rich_help_panel=NETWORKS)]
 RandomInit = Annotated[bool, typer.Option(
     "--random-init", help="--base and --refiner name registered architectures, built with seeded random weights "
     "(timing without trained checkpoints; a random base votes for many classes, so the universal refiner is timed "
-    "on the heavy side).", rich_help_panel=NETS)]
-JsonOut = Annotated[Optional[str], typer.Option("--json", help="Write the results as JSON to this file ('-': stdout).",
-                                                rich_help_panel=OUTPUT)]
+    "on the heavy side).", rich_help_panel=NETWORKS)]
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -140,23 +141,23 @@ def pipeline_table(report: PipelineReport) -> Table:
 def pipeline_command(
     n: N = DEFAULT.images,
     size: Size = DEFAULT.size,
-    seed: Seed = DEFAULT.seed,
+    seed: WorkloadSeed = DEFAULT.seed,
     images: Annotated[Optional[Path], typer.Option(
         "--images", help="Time this folder of images instead of synthetic ones (e.g. JPEGImages/ of `refine-cli "
         "data synth`); --n, --size and --seed are then ignored.", exists=True, file_okay=False,
         rich_help_panel=WORKLOAD)] = None,
     repeats: Repeats = DEFAULT.repeats,
-    base: Base = "default",
+    base: BaseOrArch = "default",
     refiner: Annotated[str, typer.Option("--refiner", help="SPN refiner: a checkpoint name or path ('default': "
                                          "bundled; 'none': time the base network only); with --random-init a "
-                                         "registered architecture.", rich_help_panel=NETS)] = "default",
+                                         "registered architecture.", rich_help_panel=NETWORKS)] = "default",
     random_init: RandomInit = False,
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Also write overlays, as `refine` does by "
                                           "default.", rich_help_panel=WORKLOAD)] = True,
     device: Device = "auto",
     batch_size: BatchSize = None,
     precision: Precision = "fp32",
-    workers: Workers = PipelineConfig().decode_workers,
+    workers: DecodeWorkers = PipelineConfig().decode_workers,
     compile: Compile = False,
     json_out: JsonOut = None,
 ) -> None:
@@ -202,17 +203,17 @@ def targets_table(report: ComparisonReport) -> Table:
 def refiner_vs_crf_command(
     n: N = DEFAULT.compare_images,
     size: Size = DEFAULT.size,
-    seed: Seed = DEFAULT.seed,
+    seed: WorkloadSeed = DEFAULT.seed,
     crf_iterations: Annotated[int, typer.Option("--crf-iterations", min=1, help="Mean-field iterations of the dense "
                                                 "CRF.", rich_help_panel=WORKLOAD)] = DEFAULT.crf_iterations,
     tolerance: Annotated[float, typer.Option("--boundary-tolerance", min=0, help="Boundary F tolerance in pixels.",
                                              rich_help_panel=WORKLOAD)] = 2.0,
     base: Annotated[str, typer.Option("--base", help="Base segmenter trained on the synthetic world (name or path).",
-                                      rich_help_panel=NETS)] = "default",
+                                      rich_help_panel=NETWORKS)] = "default",
     refiner: Annotated[str, typer.Option("--refiner", help="SPN refiner (name or path).",
-                                         rich_help_panel=NETS)] = "default",
+                                         rich_help_panel=NETWORKS)] = "default",
     device: Device = "auto",
-    side: Annotated[Optional[int], refiner_side_option()] = None,
+    side: RefinerSide = None,
     json_out: JsonOut = None,
 ) -> None:
     """The refiner against the dense CRF on the same synthetic images and base probabilities: time per image of
@@ -254,18 +255,18 @@ def scaling_command(
                                        rich_help_panel=WORKLOAD)] = ",".join(map(str, DEFAULT.scaling_sizes)),
     batches: Annotated[str, typer.Option("--batches", help="Comma-separated batch sizes.",
                                          rich_help_panel=WORKLOAD)] = ",".join(map(str, DEFAULT.scaling_batches)),
-    seed: Seed = DEFAULT.seed,
+    seed: WorkloadSeed = DEFAULT.seed,
     repeats: Repeats = DEFAULT.repeats,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Also measure peak memory (on a CPU: one "
                                          "fresh process per point).", rich_help_panel=WORKLOAD)] = True,
-    base: Base = "default",
-    refiner: RefinerOpt = "default",
+    base: BaseOrArch = "default",
+    refiner: RefinerOrArch = "default",
     random_init: RandomInit = False,
     device: Device = "auto",
     precision: Precision = "fp32",
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw time and memory against size into this "
                                                  "PNG (needs matplotlib: refine-cli\\[plot]).", dir_okay=False,
-                                                 rich_help_panel=OUTPUT)] = None,
+                                                 rich_help_panel=OUTPUTS)] = None,
     json_out: JsonOut = None,
 ) -> None:
     """Time per image and peak memory of the base network and of the refiner against image size and batch."""

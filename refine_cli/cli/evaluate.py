@@ -17,10 +17,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from refine_cli import io
-from refine_cli.cli.common import cli_errors, console, err_console, refiner_side, refiner_side_option
+from refine_cli.cli.common import cli_errors, console, err_console, refiner_side
+from refine_cli.cli.options import DatasetFormat, Device, JsonOut, RefinerSide
 from refine_cli.config import CRFConfig, CRFTuneConfig
 from refine_cli.crf import crf_available
-from refine_cli.data import FORMATS, Sample, SegmentationDataset, open_dataset
+from refine_cli.data import Sample, SegmentationDataset, open_dataset
 from refine_cli.errors import DataError, UsageError
 from refine_cli.evaluation import (
     CoarseFolder, EvalReport, TunedCRF, evaluate, match_coarse, parse_grid, spread, tune_crf,
@@ -29,7 +30,7 @@ from refine_cli.pipeline import Refiner
 
 CRF_DEFAULT = CRFConfig()
 TUNE_DEFAULT = CRFTuneConfig()
-DATA, NETS, CRF_PANEL, RUN = "Data", "Networks and coarse input", "Dense CRF baseline", "Execution"
+DATA, NETS, CRF_PANEL = "Data", "Networks and coarse input", "Dense CRF baseline"
 
 
 def _pct(v: float | None) -> str:
@@ -115,8 +116,8 @@ def evaluate_command(
         rich_help_panel=NETS)] = False,
     refiner: Annotated[str, typer.Option("--refiner", help="SPN refiner checkpoint (name or path); 'none' to "
                                          "score the coarse input alone.", rich_help_panel=NETS)] = "default",
-    format: Annotated[str, typer.Option("--format", help=f"Dataset layout: {', '.join(FORMATS)}.",
-                                        rich_help_panel=DATA)] = "voc",
+    format: Annotated[str, typer.Option("--format", help="Dataset layout: "
+                                        f"{', '.join(f.value for f in DatasetFormat)}.", rich_help_panel=DATA)] = "voc",
     split: Annotated[str, typer.Option("--split", help="Split to score.", rich_help_panel=DATA)] = "val",
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Score only the first N images.",
                                                  rich_help_panel=DATA)] = None,
@@ -152,10 +153,9 @@ def evaluate_command(
     tolerance: Annotated[float, typer.Option("--boundary-tolerance", min=0, help="Boundary F tolerance in pixels.",
                                              rich_help_panel=DATA)] = 2.0,
     per_class: Annotated[bool, typer.Option("--per-class", help="Also print the IoU of every class.")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN)] = "auto",
-    side: Annotated[Optional[int], refiner_side_option(RUN)] = None,
-    json_out: Annotated[Optional[str], typer.Option("--json", help="Write the report as JSON to this file ('-': "
-                                                    "stdout).")] = None,
+    device: Device = "auto",
+    side: RefinerSide = None,
+    json_out: JsonOut = None,
 ) -> None:
     """Score a coarse segmentation (a base network's, or --masks made elsewhere), + SPN and (with --crf) + dense
     CRF: accuracy, mIoU, boundary F, time per image."""

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from refine_cli import models
 from refine_cli.cli import INTERRUPTED
 from refine_cli.cli.common import cli_errors, console, err_console
-from refine_cli.cli.data import DatasetFormat
+from refine_cli.cli.options import DATA, DatasetFormat, Device, Format
 from refine_cli.config import (
     AugmentConfig,
     BaseAugmentConfig,
@@ -54,7 +54,7 @@ app = typer.Typer(
 )
 
 BASE, REFINER = BaseTrainConfig(), RefinerTrainConfig()
-DATA, NETWORK, OPTIM, LOOP, AUG, RUN = "Data", "Network", "Optimizer", "Loop", "Augmentation", "Run folder"
+NETWORK, OPTIM, LOOP, AUG, RUN = "Network", "Optimizer", "Loop", "Augmentation", "Run folder"
 
 
 class Optimizer(str, Enum):
@@ -84,7 +84,6 @@ class ProbsMode(str, Enum):
 # ------------------------------------------------------------------------------- options both commands share
 
 Data = Annotated[Path, typer.Option("--data", help="Dataset root folder.", file_okay=False, rich_help_panel=DATA)]
-Format = Annotated[DatasetFormat, typer.Option("--format", help="Layout of the dataset.", rich_help_panel=DATA)]
 Split = Annotated[str, typer.Option("--split", help="Training split (list file), e.g. train, train_aug.",
                                     rich_help_panel=DATA)]
 ValSplit = Annotated[Optional[str], typer.Option("--val-split", help="Split to validate on (mIoU), e.g. val.",
@@ -95,8 +94,8 @@ Out = Annotated[Path, typer.Option("--out", "-o", help="Run folder: last.pt, mod
                                    file_okay=False, rich_help_panel=RUN)]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pt (same options).",
                                       rich_help_panel=RUN)]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start over a run that --out already holds.",
-                                         rich_help_panel=RUN)]
+OverwriteRun = Annotated[bool, typer.Option("--overwrite", help="Start over a run that --out already holds.",
+                                            rich_help_panel=RUN)]
 ArchArg = Annotated[Optional[list[str]], typer.Option(
     "--arch-arg", help="Builder argument KEY=VALUE (JSON value), repeatable, e.g. --arch-arg width=0.125.",
     rich_help_panel=NETWORK)]
@@ -115,16 +114,14 @@ PolyPower = Annotated[float, typer.Option("--poly-power", min=0.0, help="lr * (1
 GradClip = Annotated[float, typer.Option("--grad-clip", min=0.0, help="Clip the gradients' global L2 norm (0: off).",
                                          rich_help_panel=OPTIM)]
 Steps = Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.", rich_help_panel=LOOP)]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of weights, data order and augmentation.",
-                                   rich_help_panel=LOOP)]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (a GPU asked for but absent is an "
-                                     "error).", rich_help_panel=LOOP)]
+TrainSeed = Annotated[int, typer.Option("--seed", help="Seed of weights, data order and augmentation.",
+                                        rich_help_panel=LOOP)]
 AmpOpt = Annotated[Amp, typer.Option("--amp", help="auto: bf16 autocast on CUDA, none on CPU; fp16 adds a gradient "
                                      "scaler.", rich_help_panel=LOOP)]
 Deterministic = Annotated[bool, typer.Option("--deterministic/--no-deterministic", help="Deterministic kernels "
                                              "(bitwise-repeatable on CPU).", rich_help_panel=LOOP)]
-Workers = Annotated[int, typer.Option("--workers", min=0, help="Data loading processes per training process.",
-                                      rich_help_panel=LOOP)]
+LoaderWorkers = Annotated[int, typer.Option("--workers", min=0, help="Data loading processes per training process.",
+                                            rich_help_panel=LOOP)]
 LogEvery = Annotated[int, typer.Option("--log-every", min=1, help="Steps per metrics line.", rich_help_panel=LOOP)]
 CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", min=1, help="Steps between writes of last.pt.",
                                               rich_help_panel=LOOP)]
@@ -297,16 +294,16 @@ def base(
     poly_power: PolyPower = BASE.optim.poly_power,
     grad_clip: GradClip = BASE.optim.grad_clip,
     steps: Steps = BASE.loop.steps,
-    seed: Seed = BASE.loop.seed,
+    seed: TrainSeed = BASE.loop.seed,
     device: Device = BASE.loop.device,
     amp: AmpOpt = Amp(BASE.loop.amp),
     deterministic: Deterministic = BASE.loop.deterministic,
-    workers: Workers = BASE.loop.workers,
+    workers: LoaderWorkers = BASE.loop.workers,
     log_every: LogEvery = BASE.loop.log_every,
     checkpoint_every: CheckpointEvery = BASE.loop.checkpoint_every,
     val_every: ValEvery = BASE.loop.val_every,
     resume: Resume = False,
-    overwrite: Overwrite = False,
+    overwrite: OverwriteRun = False,
 ) -> None:
     """Train a base segmenter (FCN, DeepLab, ...) on a dataset.
 
@@ -447,16 +444,16 @@ def refiner(
     poly_power: PolyPower = REFINER.optim.poly_power,
     grad_clip: GradClip = REFINER.optim.grad_clip,
     steps: Steps = REFINER.loop.steps,
-    seed: Seed = REFINER.loop.seed,
+    seed: TrainSeed = REFINER.loop.seed,
     device: Device = REFINER.loop.device,
     amp: AmpOpt = Amp(REFINER.loop.amp),
     deterministic: Deterministic = REFINER.loop.deterministic,
-    workers: Workers = REFINER.loop.workers,
+    workers: LoaderWorkers = REFINER.loop.workers,
     log_every: LogEvery = REFINER.loop.log_every,
     checkpoint_every: CheckpointEvery = REFINER.loop.checkpoint_every,
     val_every: ValEvery = REFINER.loop.val_every,
     resume: Resume = False,
-    overwrite: Overwrite = False,
+    overwrite: OverwriteRun = False,
 ) -> None:
     """Train an SPN refiner on a base network's coarse probabilities.
 
