@@ -5,12 +5,15 @@ Run under `torchrun --nproc_per_node N -m refine_cli train ...` for several GPUs
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
-from dataclasses import replace
 import os
+from collections.abc import Callable
+from dataclasses import fields, replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.markup import escape
@@ -155,16 +158,57 @@ def _data(data: Path, format: DatasetFormat, split: str, val_split: str | None, 
     return DataConfig(root=str(data), format=format.value, split=split, val_split=val_split, skip_bad=skip_bad)
 
 
-def _optim(optimizer: Optimizer, lr: float, momentum: float, weight_decay: float, poly_power: float,
-           grad_clip: float) -> OptimConfig:
-    return OptimConfig(optimizer=optimizer.value, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                       poly_power=poly_power, grad_clip=grad_clip)
+def _optim_and_loop_options(optim: OptimConfig, loop: LoopConfig) -> dict[str, tuple[Any, Any]]:
+    """The optimizer and loop options by parameter name, the name of the config field each sets: (option, default)."""
+    return {
+        "optimizer": (OptimizerOpt, Optimizer(optim.optimizer)),
+        "lr": (Lr, optim.lr),
+        "momentum": (Momentum, optim.momentum),
+        "weight_decay": (WeightDecay, optim.weight_decay),
+        "poly_power": (PolyPower, optim.poly_power),
+        "grad_clip": (GradClip, optim.grad_clip),
+        "steps": (Steps, loop.steps),
+        "seed": (TrainSeed, loop.seed),
+        "device": (Device, loop.device),
+        "amp": (AmpOpt, Amp(loop.amp)),
+        "deterministic": (Deterministic, loop.deterministic),
+        "workers": (LoaderWorkers, loop.workers),
+        "log_every": (LogEvery, loop.log_every),
+        "checkpoint_every": (CheckpointEvery, loop.checkpoint_every),
+        "val_every": (ValEvery, loop.val_every),
+    }
 
 
-def _loop(steps: int, seed: int, device: str, amp: Amp, deterministic: bool, workers: int, log_every: int,
-          checkpoint_every: int, val_every: int) -> LoopConfig:
-    return LoopConfig(steps=steps, seed=seed, device=device, amp=amp.value, deterministic=deterministic,
-                      workers=workers, log_every=log_every, checkpoint_every=checkpoint_every, val_every=val_every)
+Command = TypeVar("Command", bound=Callable[..., None])
+
+
+def _with_optim_and_loop(optim: OptimConfig, loop: LoopConfig) -> Callable[[Command], Command]:
+    """For a command taking keyword arguments `optim` and `loop`: Typer sees the optimizer and loop options in their
+    place (after the command's own, their defaults from `optim` and `loop`), and the command gets the configs they
+    set."""
+    options = _optim_and_loop_options(optim, loop)
+    optim_fields = {f.name for f in fields(OptimConfig)}
+
+    def decorate(command: Command) -> Command:
+        own = inspect.signature(command, eval_str=True)
+        params = [p for name, p in own.parameters.items() if name not in ("optim", "loop")]
+        params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=option, default=default)
+                   for name, (option, default) in options.items()]
+
+        @functools.wraps(command)
+        def with_configs(**kwargs: Any) -> None:
+            given = {name: _plain(kwargs.pop(name)) for name in options}
+            command(**kwargs, optim=replace(optim, **{k: v for k, v in given.items() if k in optim_fields}),
+                    loop=replace(loop, **{k: v for k, v in given.items() if k not in optim_fields}))
+
+        with_configs.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+        return with_configs  # type: ignore[return-value]
+
+    return decorate
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -260,6 +304,7 @@ def _run(train: Any, config: Any, out: Path, resume: bool, overwrite: bool) -> N
 
 
 @app.command("base")
+@_with_optim_and_loop(BASE.optim, BASE.loop)
 def base(
     data: Data,
     out: Out,
@@ -287,23 +332,11 @@ def base(
                                              rich_help_panel=AUG)] = BASE.augment.scale_max,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.",
                                        rich_help_panel=AUG)] = BASE.augment.flip,
-    optimizer: OptimizerOpt = Optimizer(BASE.optim.optimizer),
-    lr: Lr = BASE.optim.lr,
-    momentum: Momentum = BASE.optim.momentum,
-    weight_decay: WeightDecay = BASE.optim.weight_decay,
-    poly_power: PolyPower = BASE.optim.poly_power,
-    grad_clip: GradClip = BASE.optim.grad_clip,
-    steps: Steps = BASE.loop.steps,
-    seed: TrainSeed = BASE.loop.seed,
-    device: Device = BASE.loop.device,
-    amp: AmpOpt = Amp(BASE.loop.amp),
-    deterministic: Deterministic = BASE.loop.deterministic,
-    workers: LoaderWorkers = BASE.loop.workers,
-    log_every: LogEvery = BASE.loop.log_every,
-    checkpoint_every: CheckpointEvery = BASE.loop.checkpoint_every,
-    val_every: ValEvery = BASE.loop.val_every,
     resume: Resume = False,
     overwrite: OverwriteRun = False,
+    *,
+    optim: OptimConfig,
+    loop: LoopConfig,
 ) -> None:
     """Train a base segmenter (FCN, DeepLab, ...) on a dataset.
 
@@ -317,8 +350,7 @@ def base(
             batch_size=batch_size,
             augment=BaseAugmentConfig(crop_size=crop_size, scale_min=scale_min, scale_max=scale_max, flip=flip),
             aux_weight=aux_weight, init=init.value, init_from=init_from, stage=stage,
-            optim=_optim(optimizer, lr, momentum, weight_decay, poly_power, grad_clip),
-            loop=_loop(steps, seed, device, amp, deterministic, workers, log_every, checkpoint_every, val_every),
+            optim=optim, loop=loop,
         )
     _run(train_base, config, out, resume, overwrite)
 
@@ -338,6 +370,7 @@ WORKING = "Working-resolution training (--crops working)"
 
 
 @app.command("refiner")
+@_with_optim_and_loop(REFINER.optim, REFINER.loop)
 def refiner(
     data: Annotated[list[Path], typer.Option("--data", help="Dataset root folder; repeat it to train on several "
                                              "(--crops working draws each equally often).", file_okay=False,
@@ -437,23 +470,11 @@ def refiner(
                                                 "each crop by its own radius in [-R, R] pixels, so the refiner "
                                                 "learns to move boundaries to the image's edges in both directions "
                                                 "(0: off).", rich_help_panel=AUG)] = AugmentConfig().probs_displace,
-    optimizer: OptimizerOpt = Optimizer(REFINER.optim.optimizer),
-    lr: Lr = REFINER.optim.lr,
-    momentum: Momentum = REFINER.optim.momentum,
-    weight_decay: WeightDecay = REFINER.optim.weight_decay,
-    poly_power: PolyPower = REFINER.optim.poly_power,
-    grad_clip: GradClip = REFINER.optim.grad_clip,
-    steps: Steps = REFINER.loop.steps,
-    seed: TrainSeed = REFINER.loop.seed,
-    device: Device = REFINER.loop.device,
-    amp: AmpOpt = Amp(REFINER.loop.amp),
-    deterministic: Deterministic = REFINER.loop.deterministic,
-    workers: LoaderWorkers = REFINER.loop.workers,
-    log_every: LogEvery = REFINER.loop.log_every,
-    checkpoint_every: CheckpointEvery = REFINER.loop.checkpoint_every,
-    val_every: ValEvery = REFINER.loop.val_every,
     resume: Resume = False,
     overwrite: OverwriteRun = False,
+    *,
+    optim: OptimConfig,
+    loop: LoopConfig,
 ) -> None:
     """Train an SPN refiner on a base network's coarse probabilities.
 
@@ -488,7 +509,6 @@ def refiner(
                                   probs_coarsen=probs_coarsen, probs_displace=probs_displace) if augment else None,
             probs=probs.value, probs_dir=None if probs_dir is None else str(probs_dir),
             suppress_absent=suppress_absent, init=init.value, init_from=init_from,
-            optim=_optim(optimizer, lr, momentum, weight_decay, poly_power, grad_clip),
-            loop=_loop(steps, seed, device, amp, deterministic, workers, log_every, checkpoint_every, val_every),
+            optim=optim, loop=loop,
         )
     _run(train_refiner, config, out, resume, overwrite)
