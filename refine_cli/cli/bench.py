@@ -10,34 +10,26 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from refine_cli import io
-from refine_cli.bench.compare import ComparisonReport, compare_refiner_crf
-from refine_cli.bench.pipeline import STAGES, PipelineReport, bench_pipeline, synthetic_folder
-from refine_cli.bench.propagate import (
-    DEFAULT_SHAPES,
-    bench_bandwidth,
-    bench_propagate,
-    bench_refiner_propagation,
-    default_backends,
-)
-from refine_cli.bench.scaling import ScalingReport, bench_scaling, plot_scaling, require_matplotlib
-from refine_cli.bench.workload import random_checkpoint
+from refine_cli.cli import heavy_imports
 from refine_cli.cli.common import cli_errors, console, err_console, refiner_side
 from refine_cli.cli.evaluate import report_table
 from refine_cli.cli.options import (
     NETWORKS, OUTPUTS, BatchSize, Compile, DecodeWorkers, Device, JsonOut, Precision, RefinerSide,
 )
 from refine_cli.config import BenchConfig, PipelineConfig
-from refine_cli.device import describe, resolve_device
 from refine_cli.errors import UsageError
-from refine_cli.pipeline import Refiner
+
+if TYPE_CHECKING:
+    from refine_cli.bench.compare import ComparisonReport
+    from refine_cli.bench.pipeline import PipelineReport
+    from refine_cli.bench.scaling import ScalingReport
 
 app = typer.Typer(
     name="bench",
@@ -82,6 +74,8 @@ def _write_json(json_out: str | None, data: dict[str, Any]) -> None:
     if json_out == "-":
         typer.echo(text)
         return
+    from refine_cli import io
+
     with cli_errors():
         io.atomic_write(Path(json_out), lambda f: f.write(text.encode()))
 
@@ -106,6 +100,8 @@ def _networks(base: str, refiner: str | None, random_init: bool) -> Iterator[tup
     if base == "default" or refiner == "default":
         raise UsageError("--random-init needs --base ARCH and --refiner ARCH, registered architectures such as "
                          "fcn8s_vgg16_compact and spn_universal_compact")
+    from refine_cli.bench.workload import random_checkpoint
+
     with tempfile.TemporaryDirectory(prefix="refine-cli-random-") as tmp:
         base_path = str(random_checkpoint(base, tmp))
         refiner_path = str(random_checkpoint(refiner, tmp)) if refiner is not None else None
@@ -119,6 +115,8 @@ def _ms_share(ms: float, share: float) -> str:
 # ---------------------------------------------------------------------------------------------------- pipeline
 
 def pipeline_table(report: PipelineReport) -> Table:
+    from refine_cli.bench.pipeline import STAGES
+
     size = f" of {report.size}x{report.size}" if report.size else ""
     table = Table(
         title=f"{report.images} images{size}, batch {report.batch_size}, {report.precision}: medians of "
@@ -163,6 +161,8 @@ def pipeline_command(
 ) -> None:
     """Folder throughput of `refine`: images/s with the base network alone and with the refiner, the time per image
     and share of each stage (decode, base, refiner, write), and the base network's bare forward throughput."""
+    with heavy_imports():
+        from refine_cli.bench.pipeline import bench_pipeline, synthetic_folder
     view = _view(json_out)
     with cli_errors(), contextlib.ExitStack() as stack:
         base_choice, refiner_choice = stack.enter_context(_networks(base, None if refiner == "none" else refiner,
@@ -219,6 +219,9 @@ def refiner_vs_crf_command(
     """The refiner against the dense CRF on the same synthetic images and base probabilities: time per image of
     the base network, the SPN refinement and the CRF (medians), their mIoU and boundary F, and the ratios
     SPN / base time and CRF / SPN time."""
+    with heavy_imports():
+        from refine_cli.bench.compare import compare_refiner_crf
+        from refine_cli.pipeline import Refiner
     view = _view(json_out)
     with cli_errors(), view.status("loading the networks") as status:
         model = Refiner(base, refiner, device=device, batch_size=1, refiner_side=refiner_side(side))
@@ -270,6 +273,8 @@ def scaling_command(
     json_out: JsonOut = None,
 ) -> None:
     """Time per image and peak memory of the base network and of the refiner against image size and batch."""
+    with heavy_imports():
+        from refine_cli.bench.scaling import bench_scaling, plot_scaling, require_matplotlib
     view = _view(json_out)
     with cli_errors():
         size_list, batch_list = _ints(sizes, "--sizes"), _ints(batches, "--batches")
@@ -305,7 +310,7 @@ def _mib(value: float | None) -> str:
 def ops_command(
     shapes: Annotated[Optional[list[str]], typer.Option(
         "--shape", help="N,C,H,W of a scan to time (repeatable; default: "
-        f"{' '.join(','.join(map(str, s)) for s in DEFAULT_SHAPES)}).", rich_help_panel=WORKLOAD)] = None,
+        f"{' '.join(','.join(map(str, s)) for s in DEFAULT.kernel_shapes)}).", rich_help_panel=WORKLOAD)] = None,
     backends: Annotated[Optional[str], typer.Option(
         "--backends", help="Comma-separated kernel backends (default: every available one but 'reference').",
         rich_help_panel=WORKLOAD)] = None,
@@ -322,6 +327,11 @@ def ops_command(
 ) -> None:
     """The propagation kernels: one scan's forward and forward+backward time and peak memory per backend, the
     refiner's propagation per direction vs fused, and on CUDA the memory bandwidth reached."""
+    with heavy_imports():
+        from refine_cli.bench.propagate import (
+            bench_bandwidth, bench_propagate, bench_refiner_propagation, default_backends,
+        )
+        from refine_cli.device import describe, resolve_device
     view = _view(json_out)
     out: dict[str, Any] = {}
     with cli_errors():
@@ -329,7 +339,7 @@ def ops_command(
         if bandwidth and where.type != "cuda":
             raise UsageError("--bandwidth measures the CUDA kernels; run it on a machine with a CUDA GPU")
         dev = where.type if where.type == "cpu" else str(where)
-        shape_list = [_shape(s) for s in shapes] if shapes else list(DEFAULT_SHAPES)
+        shape_list = [_shape(s) for s in shapes] if shapes else list(DEFAULT.kernel_shapes)
         chosen = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
         with view.status("timing the propagation kernels"):
             names = chosen or list(default_backends(dev))

@@ -10,13 +10,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from refine_cli.cli import heavy_imports
 from refine_cli.cli.common import cli_errors, console, err_console
 from refine_cli.cli.options import DatasetFormat, Format
 from refine_cli.config import SynthConfig
-from refine_cli.data.coarsen import coarsen_dataset
-from refine_cli.data.formats import open_dataset
-from refine_cli.data.synth import SYNTH_CLASSES, generate
-from refine_cli.data.validate import validate
 
 app = typer.Typer(
     name="data",
@@ -58,6 +55,8 @@ def synth(
     Shapes are the classes, real photographs the textures; occlusion, clutter, thin bars, blur, noise and
     JPEG artefacts make it hard the way real images are.
     """
+    with heavy_imports():
+        from refine_cli.data.synth import SYNTH_CLASSES, generate
     with cli_errors():
         config = SynthConfig(n=n, seed=seed, height=height or size, width=width or size, val_fraction=val_fraction)
         with _progress() as progress:
@@ -88,6 +87,9 @@ def check(
 
     Reports missing or unreadable files, image/mask size mismatches and labels outside the class list.
     """
+    with heavy_imports():
+        from refine_cli.data.formats import open_dataset
+        from refine_cli.data.validate import validate
     with cli_errors():
         data = open_dataset(dataset, format=format.value, split=split, probs_cache=probs_cache)
         with _progress() as progress:
@@ -129,6 +131,9 @@ def coarsen(
     (deterministic). Two-class masks are written as 0/255 grey PNGs, others as palette PNGs; score them with
     `refine-cli evaluate --masks OUT`.
     """
+    with heavy_imports():
+        from refine_cli.data.coarsen import coarsen_dataset
+        from refine_cli.data.formats import open_dataset
     with cli_errors():
         data = open_dataset(dataset, format=format.value, split=split)
         with _progress() as progress:

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich import box
@@ -16,17 +16,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from refine_cli import io
+from refine_cli.cli import heavy_imports
 from refine_cli.cli.common import cli_errors, console, err_console, refiner_side
 from refine_cli.cli.options import DatasetFormat, Device, JsonOut, RefinerSide
 from refine_cli.config import CRFConfig, CRFTuneConfig
-from refine_cli.crf import crf_available
-from refine_cli.data import Sample, SegmentationDataset, open_dataset
 from refine_cli.errors import DataError, UsageError
-from refine_cli.evaluation import (
-    CoarseFolder, EvalReport, TunedCRF, evaluate, match_coarse, parse_grid, spread, tune_crf,
-)
-from refine_cli.pipeline import Refiner
+
+if TYPE_CHECKING:
+    from refine_cli.data import Sample, SegmentationDataset
+    from refine_cli.evaluation import CoarseFolder, EvalReport, TunedCRF
 
 CRF_DEFAULT = CRFConfig()
 TUNE_DEFAULT = CRFTuneConfig()
@@ -159,6 +157,12 @@ def evaluate_command(
 ) -> None:
     """Score a coarse segmentation (a base network's, or --masks made elsewhere), + SPN and (with --crf) + dense
     CRF: accuracy, mIoU, boundary F, time per image."""
+    with heavy_imports():
+        from refine_cli import io
+        from refine_cli.crf import crf_available
+        from refine_cli.data import open_dataset
+        from refine_cli.evaluation import evaluate, match_coarse, parse_grid, spread, tune_crf
+        from refine_cli.pipeline import Refiner
     view = err_console if json_out == "-" else console
     crf = crf or crf_tune_split is not None
     with cli_errors():

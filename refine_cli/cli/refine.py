@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich import box
@@ -17,17 +17,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from refine_cli import io
-from refine_cli.cli import INTERRUPTED
+from refine_cli.cli import INTERRUPTED, heavy_imports
 from refine_cli.cli.common import cli_errors, console, err_console, refiner_side
 from refine_cli.cli.options import (
     NETWORKS, OUTPUTS, RUN, BatchSize, Compile, DecodeWorkers, Device, JsonOut, Precision, RefinerSide,
 )
 from refine_cli.config import PipelineConfig
-from refine_cli.ops import available_backends
-from refine_cli.pipeline import FileEvent, FolderOptions, FolderSummary, Refiner, output_folders
-from refine_cli.pipeline.distributed import Shard, StoppedByRankZero, claim_for_run, gather_summaries, shard_from_env
-from refine_cli.pipeline.folder import drain_interrupted
+
+if TYPE_CHECKING:
+    from refine_cli import io
+    from refine_cli.pipeline import FileEvent, FolderOptions, FolderSummary, Refiner
+    from refine_cli.pipeline.distributed import Shard
 
 DEFAULT = PipelineConfig()
 
@@ -91,6 +91,10 @@ def _run(
     overlay: bool, save_probs: bool, save_coarse: bool, overwrite: bool, json_out: str | None, device: str,
     batch_size: int | None, precision: str, max_side: int, side: int | None, compile: bool, workers: int,
 ) -> None:
+    with heavy_imports():
+        from refine_cli import io
+        from refine_cli.pipeline import FolderOptions, FolderSummary, Refiner, output_folders
+        from refine_cli.pipeline.distributed import StoppedByRankZero, claim_for_run, gather_summaries, shard_from_env
     view: Console = err_console if json_out == "-" else console
     summary = FolderSummary()
     with cli_errors():
@@ -157,6 +161,9 @@ def _refine_all(
 ) -> None:
     """Run the listed inputs through `model` into `out`, adding every file's outcome to `summary` (after Ctrl-C too:
     the writes already started finish and count)."""
+    from refine_cli.ops import available_backends
+    from refine_cli.pipeline.folder import drain_interrupted
+
     summary.device = model.describe_device()
     where = f" (rank {shard.rank} of {shard.world})" if shard is not None else ""
     view.print(f"[bold]device[/]: {summary.device}{where}", highlight=False)

@@ -13,14 +13,13 @@ from collections.abc import Callable
 from dataclasses import fields, replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
-from refine_cli import models
-from refine_cli.cli import INTERRUPTED
+from refine_cli.cli import INTERRUPTED, heavy_imports
 from refine_cli.cli.common import cli_errors, console, err_console
 from refine_cli.cli.options import DATA, DatasetFormat, Device, Format
 from refine_cli.config import (
@@ -34,19 +33,9 @@ from refine_cli.config import (
     RefinerTrainConfig,
 )
 from refine_cli.errors import UsageError
-from refine_cli.train import (
-    CacheProgress,
-    Checkpointed,
-    Evaluated,
-    Event,
-    Finished,
-    Note,
-    Started,
-    StepLogged,
-    TrainResult,
-    train_base,
-    train_refiner,
-)
+
+if TYPE_CHECKING:
+    from refine_cli.train import Event, TrainResult
 
 app = typer.Typer(
     name="train",
@@ -57,6 +46,16 @@ app = typer.Typer(
 )
 
 BASE, REFINER = BaseTrainConfig(), RefinerTrainConfig()
+# The registry's names by kind (`refine_cli.models.names`), written out so that --help need not import the networks;
+# tests/cli/test_options.py holds them equal.
+BASE_ARCHS = (
+    "fcn32s_vgg16", "fcn16s_vgg16", "fcn8s_vgg16", "fcn8s_vgg16_compact", "deeplab_largefov_vgg16",
+    "deeplab_largefov_vgg16_compact", "dilated_frontend_vgg16", "dilated_context_vgg16",
+    "dilated_frontend_vgg16_compact", "dilated_context_vgg16_compact", "parsenet_vgg16", "parsenet_vgg16_compact",
+    "fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_resnet50_compact",
+    "deeplabv3_mobilenet_v3_large", "espnet", "espnetv2",
+)
+REFINER_ARCHS = ("spn_universal", "spn_universal_compact", "spn_voc21")
 NETWORK, OPTIM, LOOP, AUG, RUN = "Network", "Optimizer", "Loop", "Augmentation", "Run folder"
 
 
@@ -149,6 +148,8 @@ def _arch_args(items: list[str] | None) -> dict[str, Any]:
 
 
 def _check_arch(arch: str, kind: str) -> None:
+    from refine_cli import models
+
     spec = models.spec(arch)
     if spec.kind != kind:
         raise UsageError(f"'{arch}' is a {spec.kind} network; choose one of: {', '.join(models.names(kind))}")
@@ -237,6 +238,8 @@ class _Renderer:
         self.progress.__exit__(*exc)
 
     def __call__(self, event: Event) -> None:
+        from refine_cli.train import CacheProgress, Checkpointed, Evaluated, Finished, Note, Started, StepLogged
+
         p = self.progress
         if isinstance(event, Note):
             p.console.print(f"[dim]•[/] {escape(event.text)}", highlight=False, soft_wrap=True)
@@ -308,7 +311,7 @@ def _run(train: Any, config: Any, out: Path, resume: bool, overwrite: bool) -> N
 def base(
     data: Data,
     out: Out,
-    arch: Annotated[str, typer.Option("--arch", help=f"Base network: {', '.join(models.names('base'))}.",
+    arch: Annotated[str, typer.Option("--arch", help=f"Base network: {', '.join(BASE_ARCHS)}.",
                                       rich_help_panel=NETWORK)] = BASE.arch,
     arch_arg: ArchArg = None,
     init: InitOpt = Init(BASE.init),
@@ -343,6 +346,8 @@ def base(
     Cross-entropy over labelled pixels (255 ignored) plus 0.5 x the auxiliary head's loss where the network has
     one; random rescale, crop and flip; SGD with the poly schedule (DeepLab's recipe by default).
     """
+    with heavy_imports():
+        from refine_cli.train import train_base
     with cli_errors():
         _check_arch(arch, "base")
         config = BaseTrainConfig(
@@ -380,7 +385,7 @@ def refiner(
                                                           "probabilities are refined (a name or a .pt path); with "
                                                           "--crops working repeatable, each serving the datasets of "
                                                           "its class count.", rich_help_panel=NETWORK)] = None,
-    arch: Annotated[str, typer.Option("--arch", help=f"Refiner: {', '.join(models.names('refiner'))}.",
+    arch: Annotated[str, typer.Option("--arch", help=f"Refiner: {', '.join(REFINER_ARCHS)}.",
                                       rich_help_panel=NETWORK)] = REFINER.arch,
     arch_arg: ArchArg = None,
     init: InitOpt = Init(REFINER.init),
@@ -481,6 +486,8 @@ def refiner(
     The released recipe by default: SGD lr 1e-4, momentum 0.9, weight decay 5e-3, poly 0.5, gradient clipping
     1000, 60k steps of 4 images x 10 random 128x128 crops (redrawn below 2 labels), joint random affine.
     """
+    with heavy_imports():
+        from refine_cli.train import train_refiner
     with cli_errors():
         _check_arch(arch, "refiner")
         bases = base_net or []
