@@ -384,7 +384,8 @@ class BenchConfig:
     """`refine-cli bench` defaults. Workloads are synthetic JPEGs of `size` x `size` rendered from `seed`
     (refine_cli.data.synth); times are medians of `repeats` runs. compare_images / crf_iterations: the refiner
     vs dense CRF comparison (the CRF at 5 mean-field iterations, as the speed target states it); scaling_sizes /
-    scaling_batches: the image size x batch grid of `bench scaling`."""
+    scaling_batches: the image size x batch grid of `bench scaling`; kernel_shapes: the (N, C, H, W) scans
+    `bench ops` times."""
 
     images: int = 32
     size: int = 512
@@ -394,3 +395,6 @@ class BenchConfig:
     crf_iterations: int = 5
     scaling_sizes: tuple[int, ...] = (256, 512, 1024, 2048)
     scaling_batches: tuple[int, ...] = (1, 4)
+    kernel_shapes: tuple[tuple[int, int, int, int], ...] = (
+        (1, 32, 64, 64), (8, 32, 64, 64), (1, 32, 256, 256),
+    )

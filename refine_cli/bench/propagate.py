@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from refine_cli.bench.timing import extra_peak_mib
+from refine_cli.config import BenchConfig
 from refine_cli.ops import (
     DIRECTIONS,
     available_backends,
@@ -23,7 +24,7 @@ from refine_cli.ops import (
     resolve_backend,
 )
 
-DEFAULT_SHAPES: tuple[tuple[int, int, int, int], ...] = ((1, 32, 64, 64), (8, 32, 64, 64), (1, 32, 256, 256))
+DEFAULT_SHAPES = BenchConfig().kernel_shapes
 # The universal refiner at 512 x 512: 3 class maps, each encoded to 16 hidden channels at half resolution,
 # 4 directions x 2 passes (refine_cli.models.spn.spn_universal).
 UNIVERSAL_512 = (1, 3, 16, 256, 256)

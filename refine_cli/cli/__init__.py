@@ -1,24 +1,35 @@
-"""The `refine-cli` command. The Typer app is `refine_cli.cli.root`; this module imports nothing heavy, so Ctrl-C
-in the seconds that importing torch takes ends the command with one line instead of a traceback."""
+"""The `refine-cli` command. The Typer app is `refine_cli.cli.root`; no command module imports torch or the library
+before a command runs, so `--help` and usage errors answer at once, and Ctrl-C in the seconds those imports take
+ends the command with one line instead of a traceback (`heavy_imports`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
 
 
 def main() -> None:
+    with heavy_imports():
+        from refine_cli.cli.root import app
+    app()
+
+
+@contextlib.contextmanager
+def heavy_imports() -> Iterator[None]:
+    """Around a command's imports of torch and the library (seconds on a cold start): Ctrl-C there ends the process
+    with one line and 130 instead of a traceback."""
     try:
-        from refine_cli.cli.root import app  # torch, the networks, Rich: seconds on a cold start
+        yield
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         # Leave at once: an import cut short can leave half-initialised extension modules whose teardown at
         # normal interpreter exit may re-raise the interrupt (seen as the process killed by SIGINT, status -2).
         os._exit(INTERRUPTED)
-    app()
 
 
 def __getattr__(name: str) -> Any:  # `from refine_cli.cli import app`, loaded when asked for

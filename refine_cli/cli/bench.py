@@ -10,32 +10,26 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from refine_cli import io
-from refine_cli.bench.compare import ComparisonReport, compare_refiner_crf
-from refine_cli.bench.pipeline import STAGES, PipelineReport, bench_pipeline, synthetic_folder
-from refine_cli.bench.propagate import (
-    DEFAULT_SHAPES,
-    bench_bandwidth,
-    bench_propagate,
-    bench_refiner_propagation,
-    default_backends,
-)
-from refine_cli.bench.scaling import ScalingReport, bench_scaling, plot_scaling, require_matplotlib
-from refine_cli.bench.workload import random_checkpoint
-from refine_cli.cli.common import cli_errors, console, err_console, refiner_side, refiner_side_option
+from refine_cli.cli import heavy_imports
+from refine_cli.cli.common import cli_errors, console, err_console, refiner_side
 from refine_cli.cli.evaluate import report_table
-from refine_cli.cli.refine import BatchSize, Compile, Device, Precision, Workers
+from refine_cli.cli.options import (
+    NETWORKS, OUTPUTS, BatchSize, Compile, DecodeWorkers, Device, JsonOut, Precision, RefinerSide,
+)
 from refine_cli.config import BenchConfig, PipelineConfig
-from refine_cli.device import describe, resolve_device
 from refine_cli.errors import UsageError
-from refine_cli.pipeline import Refiner
+
+if TYPE_CHECKING:
+    from refine_cli.bench.compare import ComparisonReport
+    from refine_cli.bench.pipeline import PipelineReport
+    from refine_cli.bench.scaling import ScalingReport
 
 app = typer.Typer(
     name="bench",
@@ -46,26 +40,25 @@ app = typer.Typer(
 )
 
 DEFAULT = BenchConfig()
-WORKLOAD, NETS, OUTPUT = "Workload", "Networks", "Output"
+WORKLOAD = "Workload"
 
 N = Annotated[int, typer.Option("--n", min=1, help="Number of synthetic images.", rich_help_panel=WORKLOAD)]
 Size = Annotated[int, typer.Option("--size", min=32, help="Side of the square synthetic images, in pixels.",
                                    rich_help_panel=WORKLOAD)]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the synthetic world the images are drawn from.",
-                                   rich_help_panel=WORKLOAD)]
+WorkloadSeed = Annotated[int, typer.Option("--seed", help="Seed of the synthetic world the images are drawn from.",
+                                           rich_help_panel=WORKLOAD)]
 Repeats = Annotated[int, typer.Option("--repeats", min=1, help="Runs per measurement; the median is reported.",
                                       rich_help_panel=WORKLOAD)]
-Base = Annotated[str, typer.Option("--base", help="Base segmenter: a checkpoint name or path ('default': bundled); "
-                                   "with --random-init a registered architecture.", rich_help_panel=NETS)]
-RefinerOpt = Annotated[str, typer.Option("--refiner", help="SPN refiner: a checkpoint name or path ('default': "
+BaseOrArch = Annotated[str, typer.Option("--base", help="Base segmenter: a checkpoint name or path ('default': "
                                          "bundled); with --random-init a registered architecture.",
-                                         rich_help_panel=NETS)]
+                                         rich_help_panel=NETWORKS)]
+RefinerOrArch = Annotated[str, typer.Option("--refiner", help="SPN refiner: a checkpoint name or path ('default': "
+                                            "bundled); with --random-init a registered architecture.",
+                                            rich_help_panel=NETWORKS)]
 RandomInit = Annotated[bool, typer.Option(
     "--random-init", help="--base and --refiner name registered architectures, built with seeded random weights "
     "(timing without trained checkpoints; a random base votes for many classes, so the universal refiner is timed "
-    "on the heavy side).", rich_help_panel=NETS)]
-JsonOut = Annotated[Optional[str], typer.Option("--json", help="Write the results as JSON to this file ('-': stdout).",
-                                                rich_help_panel=OUTPUT)]
+    "on the heavy side).", rich_help_panel=NETWORKS)]
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -81,6 +74,8 @@ def _write_json(json_out: str | None, data: dict[str, Any]) -> None:
     if json_out == "-":
         typer.echo(text)
         return
+    from refine_cli import io
+
     with cli_errors():
         io.atomic_write(Path(json_out), lambda f: f.write(text.encode()))
 
@@ -105,6 +100,8 @@ def _networks(base: str, refiner: str | None, random_init: bool) -> Iterator[tup
     if base == "default" or refiner == "default":
         raise UsageError("--random-init needs --base ARCH and --refiner ARCH, registered architectures such as "
                          "fcn8s_vgg16_compact and spn_universal_compact")
+    from refine_cli.bench.workload import random_checkpoint
+
     with tempfile.TemporaryDirectory(prefix="refine-cli-random-") as tmp:
         base_path = str(random_checkpoint(base, tmp))
         refiner_path = str(random_checkpoint(refiner, tmp)) if refiner is not None else None
@@ -118,6 +115,8 @@ def _ms_share(ms: float, share: float) -> str:
 # ---------------------------------------------------------------------------------------------------- pipeline
 
 def pipeline_table(report: PipelineReport) -> Table:
+    from refine_cli.bench.pipeline import STAGES
+
     size = f" of {report.size}x{report.size}" if report.size else ""
     table = Table(
         title=f"{report.images} images{size}, batch {report.batch_size}, {report.precision}: medians of "
@@ -140,28 +139,30 @@ def pipeline_table(report: PipelineReport) -> Table:
 def pipeline_command(
     n: N = DEFAULT.images,
     size: Size = DEFAULT.size,
-    seed: Seed = DEFAULT.seed,
+    seed: WorkloadSeed = DEFAULT.seed,
     images: Annotated[Optional[Path], typer.Option(
         "--images", help="Time this folder of images instead of synthetic ones (e.g. JPEGImages/ of `refine-cli "
         "data synth`); --n, --size and --seed are then ignored.", exists=True, file_okay=False,
         rich_help_panel=WORKLOAD)] = None,
     repeats: Repeats = DEFAULT.repeats,
-    base: Base = "default",
+    base: BaseOrArch = "default",
     refiner: Annotated[str, typer.Option("--refiner", help="SPN refiner: a checkpoint name or path ('default': "
                                          "bundled; 'none': time the base network only); with --random-init a "
-                                         "registered architecture.", rich_help_panel=NETS)] = "default",
+                                         "registered architecture.", rich_help_panel=NETWORKS)] = "default",
     random_init: RandomInit = False,
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Also write overlays, as `refine` does by "
                                           "default.", rich_help_panel=WORKLOAD)] = True,
     device: Device = "auto",
     batch_size: BatchSize = None,
     precision: Precision = "fp32",
-    workers: Workers = PipelineConfig().decode_workers,
+    workers: DecodeWorkers = PipelineConfig().decode_workers,
     compile: Compile = False,
     json_out: JsonOut = None,
 ) -> None:
     """Folder throughput of `refine`: images/s with the base network alone and with the refiner, the time per image
     and share of each stage (decode, base, refiner, write), and the base network's bare forward throughput."""
+    with heavy_imports():
+        from refine_cli.bench.pipeline import bench_pipeline, synthetic_folder
     view = _view(json_out)
     with cli_errors(), contextlib.ExitStack() as stack:
         base_choice, refiner_choice = stack.enter_context(_networks(base, None if refiner == "none" else refiner,
@@ -202,22 +203,25 @@ def targets_table(report: ComparisonReport) -> Table:
 def refiner_vs_crf_command(
     n: N = DEFAULT.compare_images,
     size: Size = DEFAULT.size,
-    seed: Seed = DEFAULT.seed,
+    seed: WorkloadSeed = DEFAULT.seed,
     crf_iterations: Annotated[int, typer.Option("--crf-iterations", min=1, help="Mean-field iterations of the dense "
                                                 "CRF.", rich_help_panel=WORKLOAD)] = DEFAULT.crf_iterations,
     tolerance: Annotated[float, typer.Option("--boundary-tolerance", min=0, help="Boundary F tolerance in pixels.",
                                              rich_help_panel=WORKLOAD)] = 2.0,
     base: Annotated[str, typer.Option("--base", help="Base segmenter trained on the synthetic world (name or path).",
-                                      rich_help_panel=NETS)] = "default",
+                                      rich_help_panel=NETWORKS)] = "default",
     refiner: Annotated[str, typer.Option("--refiner", help="SPN refiner (name or path).",
-                                         rich_help_panel=NETS)] = "default",
+                                         rich_help_panel=NETWORKS)] = "default",
     device: Device = "auto",
-    side: Annotated[Optional[int], refiner_side_option()] = None,
+    side: RefinerSide = None,
     json_out: JsonOut = None,
 ) -> None:
     """The refiner against the dense CRF on the same synthetic images and base probabilities: time per image of
     the base network, the SPN refinement and the CRF (medians), their mIoU and boundary F, and the ratios
     SPN / base time and CRF / SPN time."""
+    with heavy_imports():
+        from refine_cli.bench.compare import compare_refiner_crf
+        from refine_cli.pipeline import Refiner
     view = _view(json_out)
     with cli_errors(), view.status("loading the networks") as status:
         model = Refiner(base, refiner, device=device, batch_size=1, refiner_side=refiner_side(side))
@@ -254,21 +258,23 @@ def scaling_command(
                                        rich_help_panel=WORKLOAD)] = ",".join(map(str, DEFAULT.scaling_sizes)),
     batches: Annotated[str, typer.Option("--batches", help="Comma-separated batch sizes.",
                                          rich_help_panel=WORKLOAD)] = ",".join(map(str, DEFAULT.scaling_batches)),
-    seed: Seed = DEFAULT.seed,
+    seed: WorkloadSeed = DEFAULT.seed,
     repeats: Repeats = DEFAULT.repeats,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Also measure peak memory (on a CPU: one "
                                          "fresh process per point).", rich_help_panel=WORKLOAD)] = True,
-    base: Base = "default",
-    refiner: RefinerOpt = "default",
+    base: BaseOrArch = "default",
+    refiner: RefinerOrArch = "default",
     random_init: RandomInit = False,
     device: Device = "auto",
     precision: Precision = "fp32",
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw time and memory against size into this "
                                                  "PNG (needs matplotlib: refine-cli\\[plot]).", dir_okay=False,
-                                                 rich_help_panel=OUTPUT)] = None,
+                                                 rich_help_panel=OUTPUTS)] = None,
     json_out: JsonOut = None,
 ) -> None:
     """Time per image and peak memory of the base network and of the refiner against image size and batch."""
+    with heavy_imports():
+        from refine_cli.bench.scaling import bench_scaling, plot_scaling, require_matplotlib
     view = _view(json_out)
     with cli_errors():
         size_list, batch_list = _ints(sizes, "--sizes"), _ints(batches, "--batches")
@@ -304,7 +310,7 @@ def _mib(value: float | None) -> str:
 def ops_command(
     shapes: Annotated[Optional[list[str]], typer.Option(
         "--shape", help="N,C,H,W of a scan to time (repeatable; default: "
-        f"{' '.join(','.join(map(str, s)) for s in DEFAULT_SHAPES)}).", rich_help_panel=WORKLOAD)] = None,
+        f"{' '.join(','.join(map(str, s)) for s in DEFAULT.kernel_shapes)}).", rich_help_panel=WORKLOAD)] = None,
     backends: Annotated[Optional[str], typer.Option(
         "--backends", help="Comma-separated kernel backends (default: every available one but 'reference').",
         rich_help_panel=WORKLOAD)] = None,
@@ -321,6 +327,11 @@ def ops_command(
 ) -> None:
     """The propagation kernels: one scan's forward and forward+backward time and peak memory per backend, the
     refiner's propagation per direction vs fused, and on CUDA the memory bandwidth reached."""
+    with heavy_imports():
+        from refine_cli.bench.propagate import (
+            bench_bandwidth, bench_propagate, bench_refiner_propagation, default_backends,
+        )
+        from refine_cli.device import describe, resolve_device
     view = _view(json_out)
     out: dict[str, Any] = {}
     with cli_errors():
@@ -328,7 +339,7 @@ def ops_command(
         if bandwidth and where.type != "cuda":
             raise UsageError("--bandwidth measures the CUDA kernels; run it on a machine with a CUDA GPU")
         dev = where.type if where.type == "cpu" else str(where)
-        shape_list = [_shape(s) for s in shapes] if shapes else list(DEFAULT_SHAPES)
+        shape_list = [_shape(s) for s in shapes] if shapes else list(DEFAULT.kernel_shapes)
         chosen = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
         with view.status("timing the propagation kernels"):
             names = chosen or list(default_backends(dev))

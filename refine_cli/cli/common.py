@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Literal
 
 import typer
 from rich.console import Console
@@ -15,14 +15,6 @@ from refine_cli.errors import RefineError
 
 console = Console()
 err_console = Console(stderr=True)
-
-def refiner_side_option(panel: str | None = None) -> Any:
-    """The --refiner-side option (refine, evaluate, bench refiner-vs-crf), in a command's help panel."""
-    return typer.Option(
-        "--refiner-side", min=0, rich_help_panel=panel,
-        help="Long side above which the refiner runs on a scaled-down copy, its output resized back; 0: full "
-        "resolution (default: 256 on a CPU, full resolution on a GPU).",
-    )
 
 
 def refiner_side(value: int | None) -> int | None | Literal["auto"]:

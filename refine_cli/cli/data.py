@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,12 +10,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from refine_cli.cli import heavy_imports
 from refine_cli.cli.common import cli_errors, console, err_console
+from refine_cli.cli.options import DatasetFormat, Format
 from refine_cli.config import SynthConfig
-from refine_cli.data.coarsen import coarsen_dataset
-from refine_cli.data.formats import open_dataset
-from refine_cli.data.synth import SYNTH_CLASSES, generate
-from refine_cli.data.validate import validate
 
 app = typer.Typer(
     name="data",
@@ -28,13 +25,8 @@ app = typer.Typer(
 
 _SYNTH = SynthConfig()
 
-
-class DatasetFormat(str, Enum):
-    voc = "voc"
-    helen = "helen"
-    folders = "folders"
-    camvid = "camvid"
-    davis = "davis"
+OverwriteFolder = Annotated[bool, typer.Option("--overwrite/--no-overwrite",
+                                               help="Write into a folder that already holds files.")]
 
 
 def _progress() -> Progress:
@@ -56,13 +48,15 @@ def synth(
                                               rich_help_panel="Shape")] = None,
     val_fraction: Annotated[float, typer.Option(min=0.0, max=0.99, help="Share of images in val.txt.")] = (
         _SYNTH.val_fraction),
-    overwrite: Annotated[bool, typer.Option(help="Write into a folder that already holds files.")] = False,
+    overwrite: OverwriteFolder = False,
 ) -> None:
     """Write the synthetic segmentation world in the VOC layout.
 
     Shapes are the classes, real photographs the textures; occlusion, clutter, thin bars, blur, noise and
     JPEG artefacts make it hard the way real images are.
     """
+    with heavy_imports():
+        from refine_cli.data.synth import SYNTH_CLASSES, generate
     with cli_errors():
         config = SynthConfig(n=n, seed=seed, height=height or size, width=width or size, val_fraction=val_fraction)
         with _progress() as progress:
@@ -81,7 +75,7 @@ def synth(
 @app.command("check")
 def check(
     dataset: Annotated[Path, typer.Argument(help="Dataset root folder.")],
-    format: Annotated[DatasetFormat, typer.Option("--format", help="Layout of the dataset.")] = DatasetFormat.voc,
+    format: Format = DatasetFormat.voc,
     split: Annotated[str, typer.Option(help="Split (list file) to check, e.g. train, val, train_aug.")] = "train",
     labels: Annotated[bool, typer.Option(help="Decode masks to check label values (slower).")] = True,
     decode_images: Annotated[bool, typer.Option(help="Decode every image to catch truncated files (as training "
@@ -93,6 +87,9 @@ def check(
 
     Reports missing or unreadable files, image/mask size mismatches and labels outside the class list.
     """
+    with heavy_imports():
+        from refine_cli.data.formats import open_dataset
+        from refine_cli.data.validate import validate
     with cli_errors():
         data = open_dataset(dataset, format=format.value, split=split, probs_cache=probs_cache)
         with _progress() as progress:
@@ -120,13 +117,13 @@ def coarsen(
     dataset: Annotated[Path, typer.Argument(help="Dataset root folder.")],
     out: Annotated[Path, typer.Argument(help="Folder to write the coarse masks into (mirroring the dataset's image "
                                         "tree); must be new or empty.")],
-    format: Annotated[DatasetFormat, typer.Option("--format", help="Layout of the dataset.")] = DatasetFormat.voc,
+    format: Format = DatasetFormat.voc,
     split: Annotated[str, typer.Option(help="Split to coarsen, e.g. train, val.")] = "val",
     stride: Annotated[int, typer.Option(min=1, help="Output stride to imitate (8, 16: a network's).")] = 8,
     upsample: Annotated[str, typer.Option(help="How the cells come back to full size: bilinear (as networks "
                                           "upsample their logits) or nearest (blocks, as a mask enlarged by pixel "
                                           "replication).")] = "bilinear",
-    overwrite: Annotated[bool, typer.Option(help="Write into a folder that already holds files.")] = False,
+    overwrite: OverwriteFolder = False,
 ) -> None:
     """Write a split's ground truth coarsened like a stride-N network's output, as coarse masks to refine.
 
@@ -134,6 +131,9 @@ def coarsen(
     (deterministic). Two-class masks are written as 0/255 grey PNGs, others as palette PNGs; score them with
     `refine-cli evaluate --masks OUT`.
     """
+    with heavy_imports():
+        from refine_cli.data.coarsen import coarsen_dataset
+        from refine_cli.data.formats import open_dataset
     with cli_errors():
         data = open_dataset(dataset, format=format.value, split=split)
         with _progress() as progress:

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich import box
@@ -16,20 +16,19 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from refine_cli import io
-from refine_cli.cli.common import cli_errors, console, err_console, refiner_side, refiner_side_option
+from refine_cli.cli import heavy_imports
+from refine_cli.cli.common import cli_errors, console, err_console, refiner_side
+from refine_cli.cli.options import DatasetFormat, Device, JsonOut, RefinerSide
 from refine_cli.config import CRFConfig, CRFTuneConfig
-from refine_cli.crf import crf_available
-from refine_cli.data import FORMATS, Sample, SegmentationDataset, open_dataset
 from refine_cli.errors import DataError, UsageError
-from refine_cli.evaluation import (
-    CoarseFolder, EvalReport, TunedCRF, evaluate, match_coarse, parse_grid, spread, tune_crf,
-)
-from refine_cli.pipeline import Refiner
+
+if TYPE_CHECKING:
+    from refine_cli.data import Sample, SegmentationDataset
+    from refine_cli.evaluation import CoarseFolder, EvalReport, TunedCRF
 
 CRF_DEFAULT = CRFConfig()
 TUNE_DEFAULT = CRFTuneConfig()
-DATA, NETS, CRF_PANEL, RUN = "Data", "Networks and coarse input", "Dense CRF baseline", "Execution"
+DATA, NETS, CRF_PANEL = "Data", "Networks and coarse input", "Dense CRF baseline"
 
 
 def _pct(v: float | None) -> str:
@@ -115,8 +114,8 @@ def evaluate_command(
         rich_help_panel=NETS)] = False,
     refiner: Annotated[str, typer.Option("--refiner", help="SPN refiner checkpoint (name or path); 'none' to "
                                          "score the coarse input alone.", rich_help_panel=NETS)] = "default",
-    format: Annotated[str, typer.Option("--format", help=f"Dataset layout: {', '.join(FORMATS)}.",
-                                        rich_help_panel=DATA)] = "voc",
+    format: Annotated[str, typer.Option("--format", help="Dataset layout: "
+                                        f"{', '.join(f.value for f in DatasetFormat)}.", rich_help_panel=DATA)] = "voc",
     split: Annotated[str, typer.Option("--split", help="Split to score.", rich_help_panel=DATA)] = "val",
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Score only the first N images.",
                                                  rich_help_panel=DATA)] = None,
@@ -152,13 +151,18 @@ def evaluate_command(
     tolerance: Annotated[float, typer.Option("--boundary-tolerance", min=0, help="Boundary F tolerance in pixels.",
                                              rich_help_panel=DATA)] = 2.0,
     per_class: Annotated[bool, typer.Option("--per-class", help="Also print the IoU of every class.")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN)] = "auto",
-    side: Annotated[Optional[int], refiner_side_option(RUN)] = None,
-    json_out: Annotated[Optional[str], typer.Option("--json", help="Write the report as JSON to this file ('-': "
-                                                    "stdout).")] = None,
+    device: Device = "auto",
+    side: RefinerSide = None,
+    json_out: JsonOut = None,
 ) -> None:
     """Score a coarse segmentation (a base network's, or --masks made elsewhere), + SPN and (with --crf) + dense
     CRF: accuracy, mIoU, boundary F, time per image."""
+    with heavy_imports():
+        from refine_cli import io
+        from refine_cli.crf import crf_available
+        from refine_cli.data import open_dataset
+        from refine_cli.evaluation import evaluate, match_coarse, parse_grid, spread, tune_crf
+        from refine_cli.pipeline import Refiner
     view = err_console if json_out == "-" else console
     crf = crf or crf_tune_split is not None
     with cli_errors():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich import box
@@ -17,49 +17,42 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from refine_cli import io
-from refine_cli.cli import INTERRUPTED
-from refine_cli.cli.common import cli_errors, console, err_console, refiner_side, refiner_side_option
+from refine_cli.cli import INTERRUPTED, heavy_imports
+from refine_cli.cli.common import cli_errors, console, err_console, refiner_side
+from refine_cli.cli.options import (
+    NETWORKS, OUTPUTS, RUN, BatchSize, Compile, DecodeWorkers, Device, JsonOut, Precision, RefinerSide,
+)
 from refine_cli.config import PipelineConfig
-from refine_cli.ops import available_backends
-from refine_cli.pipeline import FileEvent, FolderOptions, FolderSummary, Refiner, output_folders
-from refine_cli.pipeline.distributed import Shard, StoppedByRankZero, claim_for_run, gather_summaries, shard_from_env
-from refine_cli.pipeline.folder import drain_interrupted
+
+if TYPE_CHECKING:
+    from refine_cli import io
+    from refine_cli.pipeline import FileEvent, FolderOptions, FolderSummary, Refiner
+    from refine_cli.pipeline.distributed import Shard
 
 DEFAULT = PipelineConfig()
-MODELS, OUTPUTS, RUN = "Networks", "Outputs", "Execution"
 
 Inputs = Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")]
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder; the input tree is mirrored inside it.",
                                       file_okay=False, rich_help_panel=OUTPUTS)]
 Base = Annotated[str, typer.Option("--base", help="Base segmenter: a checkpoint name or path ('default': bundled).",
-                                   rich_help_panel=MODELS)]
+                                   rich_help_panel=NETWORKS)]
 Masks = Annotated[Optional[Path], typer.Option(
     "--masks", help="Refine coarse masks from this folder instead of running a base segmenter (matched by relative "
     "path and stem; palette, grey-index or binary 0/255 PNGs; 255 in a mask with other labels is unknown).",
-    exists=True, file_okay=False, rich_help_panel=MODELS)]
+    exists=True, file_okay=False, rich_help_panel=NETWORKS)]
 NumClasses = Annotated[Optional[int], typer.Option(
-    "--num-classes", min=2, help="Class count of the --masks (default: read from each mask).", rich_help_panel=MODELS)]
+    "--num-classes", min=2, help="Class count of the --masks (default: read from each mask).",
+    rich_help_panel=NETWORKS)]
 Overlay = Annotated[bool, typer.Option("--overlay/--no-overlay", help="Also write overlays/<path>.jpg.",
                                        rich_help_panel=OUTPUTS)]
 SaveProbs = Annotated[bool, typer.Option("--save-probs", help="Also write probs/<path>.npz (float16).",
                                          rich_help_panel=OUTPUTS)]
 SaveCoarse = Annotated[bool, typer.Option("--save-coarse", help="Also write the coarse mask, coarse/<path>.png.",
                                           rich_help_panel=OUTPUTS)]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo inputs whose outputs exist (default: skip them, "
-                                         "so a stopped run resumes).", rich_help_panel=OUTPUTS)]
-JsonOut = Annotated[Optional[str], typer.Option("--json", help="Write the summary as JSON to this file ('-': stdout).",
-                                                rich_help_panel=OUTPUTS)]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N. A GPU asked for but absent is an "
-                                     "error.", rich_help_panel=RUN)]
-BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per batch (default: "
-                      f"{DEFAULT.gpu_batch_size} on a GPU, {DEFAULT.cpu_batch_size} on a CPU).", rich_help_panel=RUN)]
-Precision = Annotated[str, typer.Option("--precision", help="fp32, or fp16 / bf16 autocast (fp16 needs a GPU).",
-                                        rich_help_panel=RUN)]
+OverwriteOutputs = Annotated[bool, typer.Option("--overwrite", help="Redo inputs whose outputs exist (default: skip "
+                                                "them, so a stopped run resumes).", rich_help_panel=OUTPUTS)]
 MaxSide = Annotated[int, typer.Option("--max-side", min=16, help="Images with a longer side are decoded scaled down "
                                       "to it (their masks still come back at full size).", rich_help_panel=RUN)]
-Compile = Annotated[bool, typer.Option("--compile", help="torch.compile both networks (GPU).", rich_help_panel=RUN)]
-Workers = Annotated[int, typer.Option("--workers", min=1, help="Decoding threads.", rich_help_panel=RUN)]
 
 
 class _Speed(ProgressColumn):
@@ -98,6 +91,10 @@ def _run(
     overlay: bool, save_probs: bool, save_coarse: bool, overwrite: bool, json_out: str | None, device: str,
     batch_size: int | None, precision: str, max_side: int, side: int | None, compile: bool, workers: int,
 ) -> None:
+    with heavy_imports():
+        from refine_cli import io
+        from refine_cli.pipeline import FolderOptions, FolderSummary, Refiner, output_folders
+        from refine_cli.pipeline.distributed import StoppedByRankZero, claim_for_run, gather_summaries, shard_from_env
     view: Console = err_console if json_out == "-" else console
     summary = FolderSummary()
     with cli_errors():
@@ -164,6 +161,9 @@ def _refine_all(
 ) -> None:
     """Run the listed inputs through `model` into `out`, adding every file's outcome to `summary` (after Ctrl-C too:
     the writes already started finish and count)."""
+    from refine_cli.ops import available_backends
+    from refine_cli.pipeline.folder import drain_interrupted
+
     summary.device = model.describe_device()
     where = f" (rank {shard.rank} of {shard.world})" if shard is not None else ""
     view.print(f"[bold]device[/]: {summary.device}{where}", highlight=False)
@@ -201,12 +201,12 @@ def refine(
     inputs: Inputs, out: OutDir, base: Base = "default",
     refiner: Annotated[str, typer.Option("--refiner", help="SPN refiner: a checkpoint name or path ('default': "
                                          "bundled universal refiner; 'none': the base output).",
-                                         rich_help_panel=MODELS)] = "default",
+                                         rich_help_panel=NETWORKS)] = "default",
     masks: Masks = None, num_classes: NumClasses = None, overlay: Overlay = True, save_probs: SaveProbs = False,
-    save_coarse: SaveCoarse = False, overwrite: Overwrite = False, json_out: JsonOut = None, device: Device = "auto",
-    batch_size: BatchSize = None, precision: Precision = "fp32", max_side: MaxSide = DEFAULT.max_side,
-    side: Annotated[Optional[int], refiner_side_option(RUN)] = None,
-    compile: Compile = False, workers: Workers = DEFAULT.decode_workers,
+    save_coarse: SaveCoarse = False, overwrite: OverwriteOutputs = False, json_out: JsonOut = None,
+    device: Device = "auto", batch_size: BatchSize = None, precision: Precision = "fp32",
+    max_side: MaxSide = DEFAULT.max_side, side: RefinerSide = None, compile: Compile = False,
+    workers: DecodeWorkers = DEFAULT.decode_workers,
 ) -> None:
     """Refine segmentation masks: base segmenter (or --masks) then the SPN refiner, over files and folders."""
     _run(inputs, out, base=base, refiner=refiner, masks=masks, num_classes=num_classes, overlay=overlay,
@@ -217,9 +217,9 @@ def refine(
 
 def segment(
     inputs: Inputs, out: OutDir, base: Base = "default", overlay: Overlay = True, save_probs: SaveProbs = False,
-    overwrite: Overwrite = False, json_out: JsonOut = None, device: Device = "auto", batch_size: BatchSize = None,
-    precision: Precision = "fp32", max_side: MaxSide = DEFAULT.max_side, compile: Compile = False,
-    workers: Workers = DEFAULT.decode_workers,
+    overwrite: OverwriteOutputs = False, json_out: JsonOut = None, device: Device = "auto",
+    batch_size: BatchSize = None, precision: Precision = "fp32", max_side: MaxSide = DEFAULT.max_side,
+    compile: Compile = False, workers: DecodeWorkers = DEFAULT.decode_workers,
 ) -> None:
     """Segment images with the base segmenter only (no refiner): the same outputs as `refine`."""
     _run(inputs, out, base=base, refiner="none", masks=None, num_classes=None, overlay=overlay,

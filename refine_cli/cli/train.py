@@ -5,21 +5,23 @@ Run under `torchrun --nproc_per_node N -m refine_cli train ...` for several GPUs
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
-from dataclasses import replace
 import os
+from collections.abc import Callable
+from dataclasses import fields, replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
-from refine_cli import models
-from refine_cli.cli import INTERRUPTED
+from refine_cli.cli import INTERRUPTED, heavy_imports
 from refine_cli.cli.common import cli_errors, console, err_console
-from refine_cli.cli.data import DatasetFormat
+from refine_cli.cli.options import DATA, DatasetFormat, Device, Format
 from refine_cli.config import (
     AugmentConfig,
     BaseAugmentConfig,
@@ -31,19 +33,9 @@ from refine_cli.config import (
     RefinerTrainConfig,
 )
 from refine_cli.errors import UsageError
-from refine_cli.train import (
-    CacheProgress,
-    Checkpointed,
-    Evaluated,
-    Event,
-    Finished,
-    Note,
-    Started,
-    StepLogged,
-    TrainResult,
-    train_base,
-    train_refiner,
-)
+
+if TYPE_CHECKING:
+    from refine_cli.train import Event, TrainResult
 
 app = typer.Typer(
     name="train",
@@ -54,7 +46,17 @@ app = typer.Typer(
 )
 
 BASE, REFINER = BaseTrainConfig(), RefinerTrainConfig()
-DATA, NETWORK, OPTIM, LOOP, AUG, RUN = "Data", "Network", "Optimizer", "Loop", "Augmentation", "Run folder"
+# The registry's names by kind (`refine_cli.models.names`), written out so that --help need not import the networks;
+# tests/cli/test_options.py holds them equal.
+BASE_ARCHS = (
+    "fcn32s_vgg16", "fcn16s_vgg16", "fcn8s_vgg16", "fcn8s_vgg16_compact", "deeplab_largefov_vgg16",
+    "deeplab_largefov_vgg16_compact", "dilated_frontend_vgg16", "dilated_context_vgg16",
+    "dilated_frontend_vgg16_compact", "dilated_context_vgg16_compact", "parsenet_vgg16", "parsenet_vgg16_compact",
+    "fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_resnet50_compact",
+    "deeplabv3_mobilenet_v3_large", "espnet", "espnetv2",
+)
+REFINER_ARCHS = ("spn_universal", "spn_universal_compact", "spn_voc21")
+NETWORK, OPTIM, LOOP, AUG, RUN = "Network", "Optimizer", "Loop", "Augmentation", "Run folder"
 
 
 class Optimizer(str, Enum):
@@ -84,7 +86,6 @@ class ProbsMode(str, Enum):
 # ------------------------------------------------------------------------------- options both commands share
 
 Data = Annotated[Path, typer.Option("--data", help="Dataset root folder.", file_okay=False, rich_help_panel=DATA)]
-Format = Annotated[DatasetFormat, typer.Option("--format", help="Layout of the dataset.", rich_help_panel=DATA)]
 Split = Annotated[str, typer.Option("--split", help="Training split (list file), e.g. train, train_aug.",
                                     rich_help_panel=DATA)]
 ValSplit = Annotated[Optional[str], typer.Option("--val-split", help="Split to validate on (mIoU), e.g. val.",
@@ -95,8 +96,8 @@ Out = Annotated[Path, typer.Option("--out", "-o", help="Run folder: last.pt, mod
                                    file_okay=False, rich_help_panel=RUN)]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pt (same options).",
                                       rich_help_panel=RUN)]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start over a run that --out already holds.",
-                                         rich_help_panel=RUN)]
+OverwriteRun = Annotated[bool, typer.Option("--overwrite", help="Start over a run that --out already holds.",
+                                            rich_help_panel=RUN)]
 ArchArg = Annotated[Optional[list[str]], typer.Option(
     "--arch-arg", help="Builder argument KEY=VALUE (JSON value), repeatable, e.g. --arch-arg width=0.125.",
     rich_help_panel=NETWORK)]
@@ -115,16 +116,14 @@ PolyPower = Annotated[float, typer.Option("--poly-power", min=0.0, help="lr * (1
 GradClip = Annotated[float, typer.Option("--grad-clip", min=0.0, help="Clip the gradients' global L2 norm (0: off).",
                                          rich_help_panel=OPTIM)]
 Steps = Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.", rich_help_panel=LOOP)]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of weights, data order and augmentation.",
-                                   rich_help_panel=LOOP)]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (a GPU asked for but absent is an "
-                                     "error).", rich_help_panel=LOOP)]
+TrainSeed = Annotated[int, typer.Option("--seed", help="Seed of weights, data order and augmentation.",
+                                        rich_help_panel=LOOP)]
 AmpOpt = Annotated[Amp, typer.Option("--amp", help="auto: bf16 autocast on CUDA, none on CPU; fp16 adds a gradient "
                                      "scaler.", rich_help_panel=LOOP)]
 Deterministic = Annotated[bool, typer.Option("--deterministic/--no-deterministic", help="Deterministic kernels "
                                              "(bitwise-repeatable on CPU).", rich_help_panel=LOOP)]
-Workers = Annotated[int, typer.Option("--workers", min=0, help="Data loading processes per training process.",
-                                      rich_help_panel=LOOP)]
+LoaderWorkers = Annotated[int, typer.Option("--workers", min=0, help="Data loading processes per training process.",
+                                            rich_help_panel=LOOP)]
 LogEvery = Annotated[int, typer.Option("--log-every", min=1, help="Steps per metrics line.", rich_help_panel=LOOP)]
 CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", min=1, help="Steps between writes of last.pt.",
                                               rich_help_panel=LOOP)]
@@ -149,6 +148,8 @@ def _arch_args(items: list[str] | None) -> dict[str, Any]:
 
 
 def _check_arch(arch: str, kind: str) -> None:
+    from refine_cli import models
+
     spec = models.spec(arch)
     if spec.kind != kind:
         raise UsageError(f"'{arch}' is a {spec.kind} network; choose one of: {', '.join(models.names(kind))}")
@@ -158,16 +159,57 @@ def _data(data: Path, format: DatasetFormat, split: str, val_split: str | None, 
     return DataConfig(root=str(data), format=format.value, split=split, val_split=val_split, skip_bad=skip_bad)
 
 
-def _optim(optimizer: Optimizer, lr: float, momentum: float, weight_decay: float, poly_power: float,
-           grad_clip: float) -> OptimConfig:
-    return OptimConfig(optimizer=optimizer.value, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                       poly_power=poly_power, grad_clip=grad_clip)
+def _optim_and_loop_options(optim: OptimConfig, loop: LoopConfig) -> dict[str, tuple[Any, Any]]:
+    """The optimizer and loop options by parameter name, the name of the config field each sets: (option, default)."""
+    return {
+        "optimizer": (OptimizerOpt, Optimizer(optim.optimizer)),
+        "lr": (Lr, optim.lr),
+        "momentum": (Momentum, optim.momentum),
+        "weight_decay": (WeightDecay, optim.weight_decay),
+        "poly_power": (PolyPower, optim.poly_power),
+        "grad_clip": (GradClip, optim.grad_clip),
+        "steps": (Steps, loop.steps),
+        "seed": (TrainSeed, loop.seed),
+        "device": (Device, loop.device),
+        "amp": (AmpOpt, Amp(loop.amp)),
+        "deterministic": (Deterministic, loop.deterministic),
+        "workers": (LoaderWorkers, loop.workers),
+        "log_every": (LogEvery, loop.log_every),
+        "checkpoint_every": (CheckpointEvery, loop.checkpoint_every),
+        "val_every": (ValEvery, loop.val_every),
+    }
 
 
-def _loop(steps: int, seed: int, device: str, amp: Amp, deterministic: bool, workers: int, log_every: int,
-          checkpoint_every: int, val_every: int) -> LoopConfig:
-    return LoopConfig(steps=steps, seed=seed, device=device, amp=amp.value, deterministic=deterministic,
-                      workers=workers, log_every=log_every, checkpoint_every=checkpoint_every, val_every=val_every)
+Command = TypeVar("Command", bound=Callable[..., None])
+
+
+def _with_optim_and_loop(optim: OptimConfig, loop: LoopConfig) -> Callable[[Command], Command]:
+    """For a command taking keyword arguments `optim` and `loop`: Typer sees the optimizer and loop options in their
+    place (after the command's own, their defaults from `optim` and `loop`), and the command gets the configs they
+    set."""
+    options = _optim_and_loop_options(optim, loop)
+    optim_fields = {f.name for f in fields(OptimConfig)}
+
+    def decorate(command: Command) -> Command:
+        own = inspect.signature(command, eval_str=True)
+        params = [p for name, p in own.parameters.items() if name not in ("optim", "loop")]
+        params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=option, default=default)
+                   for name, (option, default) in options.items()]
+
+        @functools.wraps(command)
+        def with_configs(**kwargs: Any) -> None:
+            given = {name: _plain(kwargs.pop(name)) for name in options}
+            command(**kwargs, optim=replace(optim, **{k: v for k, v in given.items() if k in optim_fields}),
+                    loop=replace(loop, **{k: v for k, v in given.items() if k not in optim_fields}))
+
+        with_configs.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+        return with_configs  # type: ignore[return-value]
+
+    return decorate
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -196,6 +238,8 @@ class _Renderer:
         self.progress.__exit__(*exc)
 
     def __call__(self, event: Event) -> None:
+        from refine_cli.train import CacheProgress, Checkpointed, Evaluated, Finished, Note, Started, StepLogged
+
         p = self.progress
         if isinstance(event, Note):
             p.console.print(f"[dim]•[/] {escape(event.text)}", highlight=False, soft_wrap=True)
@@ -263,10 +307,11 @@ def _run(train: Any, config: Any, out: Path, resume: bool, overwrite: bool) -> N
 
 
 @app.command("base")
+@_with_optim_and_loop(BASE.optim, BASE.loop)
 def base(
     data: Data,
     out: Out,
-    arch: Annotated[str, typer.Option("--arch", help=f"Base network: {', '.join(models.names('base'))}.",
+    arch: Annotated[str, typer.Option("--arch", help=f"Base network: {', '.join(BASE_ARCHS)}.",
                                       rich_help_panel=NETWORK)] = BASE.arch,
     arch_arg: ArchArg = None,
     init: InitOpt = Init(BASE.init),
@@ -290,29 +335,19 @@ def base(
                                              rich_help_panel=AUG)] = BASE.augment.scale_max,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.",
                                        rich_help_panel=AUG)] = BASE.augment.flip,
-    optimizer: OptimizerOpt = Optimizer(BASE.optim.optimizer),
-    lr: Lr = BASE.optim.lr,
-    momentum: Momentum = BASE.optim.momentum,
-    weight_decay: WeightDecay = BASE.optim.weight_decay,
-    poly_power: PolyPower = BASE.optim.poly_power,
-    grad_clip: GradClip = BASE.optim.grad_clip,
-    steps: Steps = BASE.loop.steps,
-    seed: Seed = BASE.loop.seed,
-    device: Device = BASE.loop.device,
-    amp: AmpOpt = Amp(BASE.loop.amp),
-    deterministic: Deterministic = BASE.loop.deterministic,
-    workers: Workers = BASE.loop.workers,
-    log_every: LogEvery = BASE.loop.log_every,
-    checkpoint_every: CheckpointEvery = BASE.loop.checkpoint_every,
-    val_every: ValEvery = BASE.loop.val_every,
     resume: Resume = False,
-    overwrite: Overwrite = False,
+    overwrite: OverwriteRun = False,
+    *,
+    optim: OptimConfig,
+    loop: LoopConfig,
 ) -> None:
     """Train a base segmenter (FCN, DeepLab, ...) on a dataset.
 
     Cross-entropy over labelled pixels (255 ignored) plus 0.5 x the auxiliary head's loss where the network has
     one; random rescale, crop and flip; SGD with the poly schedule (DeepLab's recipe by default).
     """
+    with heavy_imports():
+        from refine_cli.train import train_base
     with cli_errors():
         _check_arch(arch, "base")
         config = BaseTrainConfig(
@@ -320,8 +355,7 @@ def base(
             batch_size=batch_size,
             augment=BaseAugmentConfig(crop_size=crop_size, scale_min=scale_min, scale_max=scale_max, flip=flip),
             aux_weight=aux_weight, init=init.value, init_from=init_from, stage=stage,
-            optim=_optim(optimizer, lr, momentum, weight_decay, poly_power, grad_clip),
-            loop=_loop(steps, seed, device, amp, deterministic, workers, log_every, checkpoint_every, val_every),
+            optim=optim, loop=loop,
         )
     _run(train_base, config, out, resume, overwrite)
 
@@ -341,6 +375,7 @@ WORKING = "Working-resolution training (--crops working)"
 
 
 @app.command("refiner")
+@_with_optim_and_loop(REFINER.optim, REFINER.loop)
 def refiner(
     data: Annotated[list[Path], typer.Option("--data", help="Dataset root folder; repeat it to train on several "
                                              "(--crops working draws each equally often).", file_okay=False,
@@ -350,7 +385,7 @@ def refiner(
                                                           "probabilities are refined (a name or a .pt path); with "
                                                           "--crops working repeatable, each serving the datasets of "
                                                           "its class count.", rich_help_panel=NETWORK)] = None,
-    arch: Annotated[str, typer.Option("--arch", help=f"Refiner: {', '.join(models.names('refiner'))}.",
+    arch: Annotated[str, typer.Option("--arch", help=f"Refiner: {', '.join(REFINER_ARCHS)}.",
                                       rich_help_panel=NETWORK)] = REFINER.arch,
     arch_arg: ArchArg = None,
     init: InitOpt = Init(REFINER.init),
@@ -440,29 +475,19 @@ def refiner(
                                                 "each crop by its own radius in [-R, R] pixels, so the refiner "
                                                 "learns to move boundaries to the image's edges in both directions "
                                                 "(0: off).", rich_help_panel=AUG)] = AugmentConfig().probs_displace,
-    optimizer: OptimizerOpt = Optimizer(REFINER.optim.optimizer),
-    lr: Lr = REFINER.optim.lr,
-    momentum: Momentum = REFINER.optim.momentum,
-    weight_decay: WeightDecay = REFINER.optim.weight_decay,
-    poly_power: PolyPower = REFINER.optim.poly_power,
-    grad_clip: GradClip = REFINER.optim.grad_clip,
-    steps: Steps = REFINER.loop.steps,
-    seed: Seed = REFINER.loop.seed,
-    device: Device = REFINER.loop.device,
-    amp: AmpOpt = Amp(REFINER.loop.amp),
-    deterministic: Deterministic = REFINER.loop.deterministic,
-    workers: Workers = REFINER.loop.workers,
-    log_every: LogEvery = REFINER.loop.log_every,
-    checkpoint_every: CheckpointEvery = REFINER.loop.checkpoint_every,
-    val_every: ValEvery = REFINER.loop.val_every,
     resume: Resume = False,
-    overwrite: Overwrite = False,
+    overwrite: OverwriteRun = False,
+    *,
+    optim: OptimConfig,
+    loop: LoopConfig,
 ) -> None:
     """Train an SPN refiner on a base network's coarse probabilities.
 
     The released recipe by default: SGD lr 1e-4, momentum 0.9, weight decay 5e-3, poly 0.5, gradient clipping
     1000, 60k steps of 4 images x 10 random 128x128 crops (redrawn below 2 labels), joint random affine.
     """
+    with heavy_imports():
+        from refine_cli.train import train_refiner
     with cli_errors():
         _check_arch(arch, "refiner")
         bases = base_net or []
@@ -491,7 +516,6 @@ def refiner(
                                   probs_coarsen=probs_coarsen, probs_displace=probs_displace) if augment else None,
             probs=probs.value, probs_dir=None if probs_dir is None else str(probs_dir),
             suppress_absent=suppress_absent, init=init.value, init_from=init_from,
-            optim=_optim(optimizer, lr, momentum, weight_decay, poly_power, grad_clip),
-            loop=_loop(steps, seed, device, amp, deterministic, workers, log_every, checkpoint_every, val_every),
+            optim=optim, loop=loop,
         )
     _run(train_refiner, config, out, resume, overwrite)

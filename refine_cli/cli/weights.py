@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich import box
@@ -21,8 +21,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from refine_cli import weights
+from refine_cli.cli import heavy_imports
 from refine_cli.cli.common import cli_errors, console, err_console
+
+if TYPE_CHECKING:
+    from refine_cli import weights
 
 weights_app = typer.Typer(
     help="List, download, import, verify and inspect checkpoints.",
@@ -70,6 +73,8 @@ def _status(status: str) -> str:
 @weights_app.command("list")
 def list_cmd(cache_dir: CacheDir = None, as_json: AsJson = False) -> None:
     """Bundled, cached (imported or downloaded) and downloadable checkpoints."""
+    with heavy_imports():
+        from refine_cli import weights
     with cli_errors():
         entries = weights.list_weights(cache_dir=cache_dir)
     if as_json:
@@ -111,6 +116,8 @@ def fetch_cmd(
     cache_dir: CacheDir = None,
 ) -> None:
     """Download a file (resumable, sha256-checked); a segmentation checkpoint is then converted into the cache."""
+    with heavy_imports():
+        from refine_cli import weights
     with cli_errors():
         rf = weights.remote_file(name)
         columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -146,6 +153,8 @@ def import_cmd(
     cache_dir: CacheDir = None,
 ) -> None:
     """Check a public checkpoint against a network, key by key, and save it into the cache in our format."""
+    with heavy_imports():
+        from refine_cli import weights
     with cli_errors():
         class_names = weights.read_class_names(classes) if classes is not None else None
         out_name = name if name is not None else file.stem
@@ -166,6 +175,8 @@ def verify_cmd(
 ) -> None:
     """Check sha256 sums against the manifest, load each checkpoint and build its network; exit 1 on a failure, 2
     when a name or path names nothing."""
+    with heavy_imports():
+        from refine_cli import weights
     with cli_errors():
         results = weights.verify(targets or (), cache_dir=cache_dir)
     if as_json:
@@ -187,6 +198,8 @@ def verify_cmd(
 
 
 def _remote_info(rf: weights.RemoteFile, cache_dir: Path | None) -> dict[str, Any]:
+    from refine_cli import weights
+
     entry = weights.remote_entry(rf, cache_dir=cache_dir)
     return {"name": rf.name, "where": "remote", "status": entry.status,
             "file": str(entry.path) if entry.path else None, "size": entry.size, "url": rf.url, "sha256": rf.sha256,
@@ -202,6 +215,8 @@ def info_cmd(
     as_json: AsJson = False,
 ) -> None:
     """Show a checkpoint's metadata: network, arguments, classes, preprocessing, provenance, metrics."""
+    with heavy_imports():
+        from refine_cli import weights
     with cli_errors():
         rf = weights.find_remote(target)
         local = weights.available_names(cache_dir=cache_dir)

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from refine_cli import pipeline as pipeline_module
 from refine_cli.cli import app
-from refine_cli.cli import refine as refine_cli_module
 from refine_cli.labels import voc_palette
 from refine_cli.pipeline import folder as folder_module
 
@@ -234,7 +234,7 @@ def _no_networks(monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("networks were loaded: the problem was not found up front")
 
-    monkeypatch.setattr(refine_cli_module, "Refiner", refuse)
+    monkeypatch.setattr(pipeline_module, "Refiner", refuse)
 
 
 def test_json_to_a_directory_is_a_usage_error(nets, tmp_path: Path, monkeypatch):
@@ -307,7 +307,7 @@ def test_ctrl_c_during_model_loading_still_writes_the_summary_and_json(nets, tmp
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # what Ctrl-C raises while the checkpoints load
 
-    monkeypatch.setattr(refine_cli_module, "Refiner", interrupted)
+    monkeypatch.setattr(pipeline_module, "Refiner", interrupted)
     summary = tmp_path / "summary.json"
     result = runner.invoke(app, ["refine", str(_one_image(tmp_path)), "--out", str(tmp_path / "out"),
                                  *_nets(nets), "--json", str(summary)])

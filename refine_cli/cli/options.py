@@ -1,0 +1,44 @@
+"""Options that commands in more than one module take, each defined once (an option that only one module's commands
+take is defined there), and the help panels they share. Imports typer and `refine_cli.config` only: Typer reads
+these when the app is built, so `--help` and usage errors stay free of torch."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from refine_cli.config import PipelineConfig
+
+DATA, NETWORKS, OUTPUTS, RUN = "Data", "Networks", "Outputs", "Execution"
+
+_PIPELINE = PipelineConfig()
+
+
+class DatasetFormat(str, Enum):
+    """The layouts `refine_cli.data.open_dataset` reads (the keys of its FORMATS, in order)."""
+
+    voc = "voc"
+    helen = "helen"
+    folders = "folders"
+    camvid = "camvid"
+    davis = "davis"
+
+
+Format = Annotated[DatasetFormat, typer.Option("--format", help="Layout of the dataset.", rich_help_panel=DATA)]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (a GPU asked for but absent is an "
+                                     "error).", rich_help_panel=RUN)]
+JsonOut = Annotated[Optional[str], typer.Option("--json", help="Write the results as JSON to this file ('-': "
+                                                "stdout, the tables then go to stderr).", rich_help_panel=OUTPUTS)]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per batch (default: "
+                      f"{_PIPELINE.gpu_batch_size} on a GPU, {_PIPELINE.cpu_batch_size} on a CPU).",
+                      rich_help_panel=RUN)]
+Precision = Annotated[str, typer.Option("--precision", help="fp32, or fp16 / bf16 autocast (fp16 needs a GPU).",
+                                        rich_help_panel=RUN)]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile both networks (GPU).", rich_help_panel=RUN)]
+DecodeWorkers = Annotated[int, typer.Option("--workers", min=1, help="Threads decoding images.", rich_help_panel=RUN)]
+RefinerSide = Annotated[Optional[int], typer.Option(
+    "--refiner-side", min=0, rich_help_panel=RUN,
+    help="Long side above which the refiner runs on a scaled-down copy, its output resized back; 0: full "
+    f"resolution (default: {_PIPELINE.cpu_refiner_side} on a CPU, full resolution on a GPU).")]
