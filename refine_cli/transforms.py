@@ -53,6 +53,7 @@ class Preprocess:
 
 CAFFE_FCN = Preprocess(color_order="BGR", scale=255.0, mean=CAFFE_BGR_MEAN, std=(1.0, 1.0, 1.0))
 IMAGENET = Preprocess()
+RAW_RGB = Preprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # RGB in [0, 1] as decoded
 
 
 def normalize(images: torch.Tensor, pre: Preprocess) -> torch.Tensor:

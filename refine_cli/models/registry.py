@@ -15,8 +15,8 @@ from typing import Any, Literal
 from torch import nn
 
 from refine_cli.errors import UnknownNameError
-from refine_cli.models import dilated, espnet, espnetv2, fcn_vgg, guidance, largefov, parsenet, segmentation, spn
-from refine_cli.transforms import CAFFE_FCN, IMAGENET, Preprocess
+from refine_cli.models import colour_spn, dilated, espnet, espnetv2, fcn_vgg, guidance, largefov, parsenet, segmentation, spn
+from refine_cli.transforms import CAFFE_FCN, IMAGENET, RAW_RGB, Preprocess
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,10 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
             guidance_width=0.125, guidance_batch_norm=True, hidden=8, mid_channels=8, half_skip=True, gate_kernel=1,
             decode_at="half", residual=True,
         ),
+    ),
+    "spn_colour": ModelSpec(
+        colour_spn.spn_colour, "refiner", RAW_RGB,
+        "SPN scans with gates from the image's colours (no learnt weights), at full resolution, any classes",
     ),
     "spn_voc21": ModelSpec(
         spn.spn_voc21, "refiner", IMAGENET, "SPN as released for VOC: 21 classes in, 32 hidden channels",

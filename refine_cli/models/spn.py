@@ -72,6 +72,7 @@ class SPNRefiner(nn.Module):
 
     # The encoder's 4x4 stride-2 convolution (padding 1) needs two pixels each way; the pipeline pads smaller inputs.
     min_side = 2
+    full_resolution = False  # on a CPU the pipeline may run it on a scaled-down copy (`refiner_side`)
 
     def __init__(
         self,

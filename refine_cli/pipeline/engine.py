@@ -311,7 +311,8 @@ class Engine:
         assert self.refiner is not None
         height, width = images.shape[-2:]
         votes = present_classes(coarse)  # (N, K)
-        small = working_size(height, width, self.refiner_side)
+        full = self.refiner.module.full_resolution
+        small = (height, width) if full else working_size(height, width, self.refiner_side)
         if small == (height, width):
             keep, correction = self._refine_parts(images, coarse, votes)
         else:

@@ -1,0 +1,117 @@
+"""The colour-gated propagation refiner: probabilities stay probabilities, a stray boundary moves to the image's
+edge, regions away from boundaries keep their class, and the pipeline runs it at full resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from refine_cli import models, weights
+from refine_cli.models.colour_spn import ColourPropagation
+from refine_cli.pipeline import Refiner
+
+
+def _step_image(height: int, width: int, edge: int) -> torch.Tensor:
+    """Dark left of column `edge`, light from it on, with a little noise: (1, 3, H, W) in [0, 1]."""
+    image = torch.full((1, 3, height, width), 0.2)
+    image[..., edge:] = 0.8
+    noise = torch.rand(image.shape, generator=torch.Generator().manual_seed(0))
+    return (image + 0.04 * (noise - 0.5)).clamp(0, 1)
+
+
+def _one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    return F.one_hot(labels, classes).permute(0, 3, 1, 2).float()
+
+
+def test_probabilities_stay_probabilities():
+    image = torch.rand(2, 3, 20, 30, generator=torch.Generator().manual_seed(1))
+    coarse = torch.rand(2, 4, 20, 30, generator=torch.Generator().manual_seed(2)).softmax(1)
+    log_p = ColourPropagation(spatial_sigma=10, range_sigma=0.3, iterations=2)(image, coarse)
+    assert log_p.shape == coarse.shape and torch.isfinite(log_p).all()
+    torch.testing.assert_close(log_p.exp().sum(1), torch.ones(2, 20, 30), rtol=0, atol=1e-4)
+
+
+def test_a_stray_boundary_moves_to_the_image_edge():
+    height, width, edge = 24, 48, 20
+    image = _step_image(height, width, edge)
+    labels = torch.zeros(1, height, width, dtype=torch.long)
+    labels[..., edge + 3 :] = 1  # the mask's boundary 3 px right of the edge: columns 20-22 wrongly class 0
+    refined = ColourPropagation(spatial_sigma=40, range_sigma=0.2, iterations=2)(image, _one_hot(labels, 2)).argmax(1)
+    truth = torch.zeros_like(labels)
+    truth[..., edge:] = 1
+    assert (labels != truth).float().mean() > 0.06
+    assert torch.equal(refined, truth)
+
+
+def test_regions_without_an_edge_to_follow_are_left_alone():
+    # A flat image: nothing says where the boundary belongs, so it stays where the mask puts it.
+    image = torch.full((1, 3, 16, 40), 0.5)
+    labels = torch.zeros(1, 16, 40, dtype=torch.long)
+    labels[..., 25:] = 1
+    refined = ColourPropagation(spatial_sigma=8, range_sigma=0.2, iterations=2)(image, _one_hot(labels, 2)).argmax(1)
+    changed = (refined != labels)[0].any(0).nonzero().flatten()
+    assert changed.numel() == 0 or (changed - 25).abs().max() <= 2
+    assert torch.equal(refined[..., :20], labels[..., :20]) and torch.equal(refined[..., 30:], labels[..., 30:])
+
+
+def test_arguments_are_checked():
+    with pytest.raises(ValueError, match="positive"):
+        ColourPropagation(spatial_sigma=0)
+    with pytest.raises(ValueError, match="iterations"):
+        ColourPropagation(iterations=0)
+    s = ColourPropagation(spatial_sigma=10, iterations=3).schedule()
+    assert s[0] > s[1] > s[2]  # the first pass reaches furthest
+    assert sum(v * v for v in s) == pytest.approx(100)
+
+
+def _checkpoint(folder: Path) -> Path:
+    spec = models.spec("spn_colour")
+    args = models.arch_args("spn_colour", spatial_sigma=40.0, range_sigma=0.2, iterations=2)
+    meta = weights.CheckpointMeta(classes=(), preprocess=spec.preprocess, provenance={"source": "test"})
+    ckpt = weights.checkpoint_from_model(spec.builder(**args), arch="spn_colour", arch_args=args, meta=meta)
+    return weights.save_checkpoint(folder / "colour.pt", ckpt)
+
+
+def test_the_pipeline_runs_it_at_full_resolution(tmp_path: Path):
+    path = _checkpoint(tmp_path)
+    height, width, edge = 60, 96, 40
+    image = (_step_image(height, width, edge)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    mask = np.zeros((height, width), np.uint8)
+    mask[:, edge + 3 :] = 255  # a binary mask, 3 px off
+    model = Refiner(base=None, refiner=str(path), device="cpu", refiner_side=32)  # a side it must not use
+    result = model.refine(image, mask=mask)
+    expected = np.zeros((height, width), np.int64)
+    expected[:, edge:] = 1
+    assert np.array_equal(np.asarray(result.labels), expected)
+
+
+def test_real_object_masks_get_sharper_and_no_worse(real_data: Path):
+    # Held-out DAVIS sequences, ground truth coarsened like a stride-8 network's output enlarged by pixel
+    # replication (`refine-cli data coarsen --upsample nearest`): every 8th frame.
+    from refine_cli.data import open_dataset
+    from refine_cli.data.coarsen import coarsen_labels
+    from refine_cli.metrics import BoundaryF, ConfusionMatrix
+
+    dataset = open_dataset(real_data / "davis", format="davis", split="val")
+    model = ColourPropagation(spatial_sigma=40, range_sigma=0.2, iterations=2)
+    before, after = ConfusionMatrix(2), ConfusionMatrix(2)
+    bf_before, bf_after = BoundaryF(), BoundaryF()
+    for index in range(0, len(dataset), 8):
+        sample = dataset[index]
+        coarse = coarsen_labels(sample.label.numpy(), 2, 8, upsample="nearest")
+        coarse[coarse == 255] = 0
+        image = sample.image.float()[None] / 255
+        with torch.inference_mode():
+            refined = model(image, _one_hot(torch.from_numpy(coarse)[None], 2)).argmax(1)[0].numpy()
+        before.update(coarse, sample.label.numpy())
+        after.update(refined, sample.label.numpy())
+        bf_before.update(coarse, sample.label.numpy())
+        bf_after.update(refined, sample.label.numpy())
+    # Measured on these 11 frames: foreground IoU 93.61 -> 95.45, boundary F 68.88 -> 81.94 (all 88 val frames with
+    # `refine-cli evaluate --masks`: 93.84 -> 95.52, 69.18 -> 81.21).
+    assert after.iou[1] >= before.iou[1] + 0.005
+    assert bf_after.score().f >= bf_before.score().f + 0.06

@@ -1,0 +1,107 @@
+"""Write weights/spn_colour.pt, the colour-gated propagation refiner (`refine_cli.models.colour_spn`), and choose
+its three settings on training data only.
+
+    python weights/bundle_colour.py --grid    # score each setting on the train splits, print the table
+    python weights/bundle_colour.py           # write the checkpoint with the chosen setting
+
+The grid scores `refine-cli evaluate` on DAVIS train sequences (ground truth coarsened like a stride-8 and a
+stride-16 network, blocks upsampled by pixel replication) and on CamVid train (the bundled ESPNet's hard masks, as
+`refine --masks` gets them), every image of each (or the first --limit). The setting kept is the one with the
+largest sum of mIoU and boundary F gains over those sets; the val splits are never looked at here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from refine_cli import models, weights
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+NAME = "spn_colour"
+CHOSEN = {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2}
+GRID = [
+    {"spatial_sigma": 20.0, "range_sigma": 0.1, "iterations": 2},
+    {"spatial_sigma": 40.0, "range_sigma": 0.1, "iterations": 2},
+    {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2},
+    {"spatial_sigma": 40.0, "range_sigma": 0.4, "iterations": 2},
+    {"spatial_sigma": 80.0, "range_sigma": 0.2, "iterations": 3},
+]
+
+
+def write(path: Path, args: dict, metrics: dict | None = None) -> Path:
+    spec = models.spec(NAME)
+    full = models.arch_args(NAME, **args)
+    meta = weights.CheckpointMeta(
+        classes=(), preprocess=spec.preprocess, metrics=metrics or {},
+        provenance={"source": "weights/bundle_colour.py", "learnt": False,
+                    "chosen_on": "DAVIS train sequences and CamVid train (weights/bundle_colour.py --grid)"},
+    )
+    ckpt = weights.checkpoint_from_model(spec.builder(**full), arch=NAME, arch_args=full, meta=meta)
+    return weights.save_checkpoint(path, ckpt)
+
+
+def cli(*args: str) -> None:
+    print("$ refine-cli", " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "refine_cli", *args], check=True, cwd=ROOT)
+
+
+def grid(real: Path, work: Path, limit: int | None) -> None:
+    davis, camvid = real / "davis", real / "camvid"
+    sets = {}
+    for stride in (8, 16):
+        out = work / f"davis_s{stride}_nearest"
+        if not out.is_dir():
+            cli("data", "coarsen", str(davis), str(out), "--format", "davis", "--split", "all", "--stride", str(stride),
+                "--upsample", "nearest")
+        sets[f"DAVIS train s{stride}"] = ["--data", str(davis), "--format", "davis", "--masks", str(out)]
+    masks = work / "camvid_espnet"
+    if not (masks / "masks").is_dir():
+        cli("segment", str(camvid / "train" / "images"), "--base", "espnet_camvid", "--out", str(masks),
+            "--no-overlay")
+    sets["CamVid train, ESPNet masks"] = ["--data", str(camvid), "--format", "camvid", "--masks", str(masks / "masks")]
+    rows = []
+    for args in GRID:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = write(Path(tmp) / f"{NAME}.pt", args)
+            gains, cells = 0.0, []
+            for name, data in sets.items():
+                report_path = Path(tmp) / "report.json"
+                cli("evaluate", *data, "--split", "train", "--refiner", str(path),
+                    *(["--limit", str(limit)] if limit else []), "--json", str(report_path))
+                coarse, refined = json.loads(report_path.read_text())["methods"][:2]
+                d_miou, d_bf = (100 * (refined[k] - coarse[k]) for k in ("miou", "boundary_f"))
+                gains += d_miou + d_bf
+                cells.append(f"{100 * coarse['miou']:.2f}/{100 * coarse['boundary_f']:.2f} -> "
+                             f"{100 * refined['miou']:.2f}/{100 * refined['boundary_f']:.2f}")
+        rows.append((gains, args, cells))
+    print("\n| spatial_sigma | range_sigma | iterations | " + " | ".join(sets) + " | sum of gains |")
+    print("|---|---|---|" + "---|" * len(sets) + "---|")
+    for gains, args, cells in rows:
+        print(f"| {args['spatial_sigma']:g} | {args['range_sigma']:g} | {args['iterations']} | "
+              + " | ".join(cells) + f" | {gains:+.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", action="store_true", help="score the settings on the train splits")
+    parser.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "real")
+    parser.add_argument("--work", type=Path, default=ROOT / "results" / "bundle_colour")
+    parser.add_argument("--limit", type=int, help="score only the first N images of each set")
+    args = parser.parse_args()
+    if args.grid:
+        args.work.mkdir(parents=True, exist_ok=True)
+        grid(args.real, args.work, args.limit)
+        return
+    path = write(HERE / f"{NAME}.pt", CHOSEN)
+    weights.record_file(path)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
