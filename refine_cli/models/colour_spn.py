@@ -1,21 +1,18 @@
-"""The colour-gated spatial propagation refiner: the SPN's three-way scan with gates read off the image's colours
-instead of a guidance network, run at full resolution.
+"""The colour-gated spatial propagation refiner: the SPN's scans with gates read off the image's colours instead of
+a guidance network, run at full resolution, with no learnt weights.
 
-A pixel's gate to each of its three neighbours in the previous column (row, or the reverse directions) is the
-domain-transform weight of Gastal and Oliveira (SIGGRAPH 2011), a ** (1 + spatial_sigma / range_sigma * d), where
-d is the L1 colour difference in [0, 1] RGB and a = exp(-sqrt(2) / spatial_sigma), split evenly over the three
-neighbours (the diagonal ones a step of sqrt(2) away). Within a region of one colour a pixel hears its neighbours
-over about `spatial_sigma` pixels; across an edge almost nothing passes. All four scans run on the same input,
-`iterations` times with the spatial scale shrinking as in the domain transform's schedule, on every class map at
-once (the universal form: one set of gates, any number of classes).
+The gate linking two neighbouring pixels is the domain-transform weight of Gastal and Oliveira (SIGGRAPH 2011),
+a ** (1 + spatial_sigma / range_sigma * d), with d their L1 colour difference in [0, 1] RGB and
+a = exp(-sqrt(2) / spatial_sigma): within a region of one colour a pixel reaches about `spatial_sigma` pixels,
+across an edge almost nothing passes. Only the straight neighbour of the three-way scan is linked (a separable
+filter: diagonal links spread a scan like a random walk, so a stray band along an edge mostly averages itself).
 
-Each scan gathers, for every pixel, the maps of the pixels behind it weighted by the products of the gates on the
-way (the recurrence run on unnormalised sums); the four scans' sums divided by their sums of weights give a
-weighted mean over the pixel's own region. Class probabilities are thereby averaged within the image's regions: a
-coarse mask whose boundary strays from the object's edge is pulled back to it, while the regions away from
-boundaries are left as they are. There
-are no learnt weights: it is a refiner for any image and any label set, and the floor the learnt refiners are
-measured against.
+Each scan, run on unnormalised sums, gathers for every pixel the class maps behind it weighted by the products of
+the links on the way; the two scans of an axis divided by the same sums of ones give a weighted mean over the
+pixel's stretch of its own region. Rows, then columns, `iterations` times with the spatial scale shrinking as in
+the domain transform's schedule, every class map at once (one set of gates: any label set, binary masks
+included). Class probabilities are thereby averaged within the image's regions: a coarse boundary that strays
+from the object's edge by a few pixels is pulled back to it, and regions away from boundaries keep their class.
 """
 
 from __future__ import annotations
@@ -26,11 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refine_cli.ops import DIRECTIONS, propagate
+from refine_cli.ops import propagate
 from refine_cli.ops.propagate import Backend
-from refine_cli.ops.scan import oriented, unoriented
 
 PROB_FLOOR = 1e-6  # the propagated probabilities are returned as log(p), floored here
+# Links between neighbours (one fewer than pixels along the axis) padded to the map: the first pixel of a scan has
+# no neighbour behind it.
+_BEHIND = {"left_to_right": (1, 0, 0, 0), "right_to_left": (0, 1, 0, 0), "top_to_bottom": (0, 0, 1, 0),
+           "bottom_to_top": (0, 0, 0, 1)}
 
 
 class ColourPropagation(nn.Module):
@@ -67,39 +67,15 @@ class ColourPropagation(nn.Module):
         if image.shape[0] != coarse.shape[0] or image.shape[-2:] != coarse.shape[-2:]:
             raise ValueError(f"image {tuple(image.shape)} and coarse {tuple(coarse.shape)} must share batch and size")
         image = image.float()
-        # (N, K, 1, H, W): the K maps share the gates. Floored, so that no sum decays into subnormal floats (slow)
-        x = coarse.float().clamp_min(PROB_FLOOR).unsqueeze(2)
-        ones = torch.ones_like(x[:, :1])
+        x = coarse.float().clamp_min(PROB_FLOOR)  # floored, so that no sum decays into subnormal floats (slow)
+        # Colour differences between neighbours, the same at every scale: along rows and along columns.
+        across_columns = (image[..., 1:] - image[..., :-1]).abs().sum(1, keepdim=True)  # (N, 1, H, W-1)
+        across_rows = (image[..., 1:, :] - image[..., :-1, :]).abs().sum(1, keepdim=True)  # (N, 1, H-1, W)
         for sigma in self.schedule():
-            for axis in ((0, 1), (2, 3)):  # rows (left and right scans), then columns (down and up)
-                maps = torch.cat([x, ones], 1)  # the last map gathers the weights
-                total = -maps  # each of the two scans counts the pixel itself once; keep it once
-                for code in axis:
-                    total = total + self.weighted_sums(maps, image, code, DIRECTIONS[code], sigma)
-                x = total[:, :-1] / total[:, -1:]
-        refined = x.squeeze(2).clamp_min(PROB_FLOOR).log().to(coarse.dtype)
+            x = self._mean_along(x, self._links(across_columns, sigma), ("left_to_right", "right_to_left"))
+            x = self._mean_along(x, self._links(across_rows, sigma), ("top_to_bottom", "bottom_to_top"))
+        refined = x.clamp_min(PROB_FLOOR).log().to(coarse.dtype)
         return refined.new_zeros(()), refined
-
-    def weighted_sums(self, maps: torch.Tensor, image: torch.Tensor, code: int, direction: str,
-                      sigma: float) -> torch.Tensor:
-        """For every pixel, the sum over the pixels behind it in the scan of their maps times the product of the
-        gates along the way, plus its own map (weight 1): the scan's recurrence h = (1 - sum g) x + sum g h_prev
-        run on x / (1 - sum g), which is h = x + sum g h_prev. Divided by the same sums of ones, the four scans
-        give a weighted mean whose weights stop at edges, with no pixel weighing more for being first after one
-        (the plain recurrence gives the first pixel of a region the weight of all that follow)."""
-        gates = self.gates(image, code, sigma)
-        return propagate(maps / self._own_weight(gates, code), gates, direction, backend=self.backend)
-
-    @staticmethod
-    def _own_weight(gates: torch.Tensor, code: int) -> torch.Tensor:
-        """1 - sum of the gates the scan uses at each pixel (none in its first column, no neighbour beyond the map's
-        top or bottom row), as (N, 1, 1, H, W)."""
-        seen = oriented(gates, code)
-        used = seen.clone()
-        used[..., 0] = 0
-        used[:, 0, :, 0, :] = 0
-        used[:, 2, :, -1, :] = 0
-        return unoriented(1 - used.sum(1, keepdim=True), code)
 
     def schedule(self) -> list[float]:
         """The spatial scale of each iteration: sigma_i = sigma * sqrt(3) * 2^(n-i-1) / sqrt(4^n - 1), whose
@@ -107,16 +83,27 @@ class ColourPropagation(nn.Module):
         n = self.iterations
         return [self.spatial_sigma * math.sqrt(3) * 2 ** (n - i - 1) / math.sqrt(4**n - 1) for i in range(n)]
 
-    def gates(self, image: torch.Tensor, code: int, sigma: float) -> torch.Tensor:
-        """(N, 3, 1, H, W) gates of the scan `DIRECTIONS[code]`: neighbours above-behind, behind, below-behind."""
-        seen = oriented(image, code)  # the scan runs left to right over this view
-        height, width = seen.shape[-2:]
-        behind = F.pad(seen, (1, 0, 1, 1), mode="replicate")[..., :width]  # column t-1, rows h-1 .. h+1 padded
+    def _links(self, difference: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The gate between each pair of neighbours: a ** (1 + sigma / range_sigma * colour difference)."""
         a = math.exp(-math.sqrt(2) / sigma)
-        distance = 1 + sigma / self.range_sigma * (seen - behind[:, :, 1 : 1 + height]).abs().sum(1, keepdim=True)
-        straight = a**distance
-        out = [torch.zeros_like(straight), straight, torch.zeros_like(straight)]  # no diagonal neighbours
-        return unoriented(torch.cat(out, 1), code).unsqueeze(2).contiguous()
+        return torch.pow(a, 1 + (sigma / self.range_sigma) * difference)
+
+    def _mean_along(self, x: torch.Tensor, links: torch.Tensor, directions: tuple[str, str]) -> torch.Tensor:
+        """The weighted mean of x along rows or columns (the two opposite `directions`), the weight of a pixel the
+        product of the links between it and the pixel averaged for.
+
+        Each of the two scans, run on x / (1 - g), is h = x + g h_prev: the sum over the pixels behind of their x
+        times the product of the links, plus x itself. Both scans' sums (the pixel counted once), divided by the
+        same sums of ones, are the mean. (The plain recurrence, an exponential moving average, would give the
+        first pixel after an edge the weight of all that follow it, and a stray band along an edge would stay.)"""
+        maps = torch.cat([x, torch.ones_like(x[:, :1])], 1).unsqueeze(2)  # (N, K + 1, 1, H, W): the last sums weights
+        total = -maps
+        for direction in directions:
+            gate = F.pad(links, _BEHIND[direction])  # (N, 1, H, W): each pixel's link to the one behind it, 0 first
+            zero = torch.zeros_like(gate)
+            gates = torch.cat([zero, gate, zero], 1).unsqueeze(2)  # only the straight neighbour: (N, 3, 1, H, W)
+            total = total + propagate(maps / (1 - gate).unsqueeze(1), gates, direction, backend=self.backend)
+        return (total[:, :-1] / total[:, -1:]).squeeze(2)
 
 
 def spn_colour(*, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterations: int = 2) -> ColourPropagation:
