@@ -204,7 +204,8 @@ class CRFTuneConfig:
 class PipelineConfig:
     """Inference defaults: the bundled networks, batching, the size networks run at, worker threads.
 
-    base / refiner: names of the bundled default checkpoints (weights/<name>.pt).
+    base / refiner: names of the bundled default checkpoints (weights/<name>.pt): ESPNetv2 trained on PASCAL VOC (21
+        classes, real photographs) and the colour-gated propagation refiner (no learnt weights, any classes).
     batch_size: None picks 8 on a GPU and 1 on a CPU (a CPU gains nothing from batching; a batch that runs out
         of GPU memory is halved and retried).
     max_side: images whose long side exceeds this are decoded scaled down to it and run at that size; their labels
@@ -215,8 +216,8 @@ class PipelineConfig:
         size, so it runs at full resolution.
     """
 
-    base: str = "synth_fcn8s_compact"
-    refiner: str = "synth_spn_universal_compact"
+    base: str = "espnetv2_voc"
+    refiner: str = "spn_colour"
     gpu_batch_size: int = 8
     cpu_batch_size: int = 1
     max_side: int = 2048

@@ -403,7 +403,7 @@ def test_real_davis_frames_coarsened_score_as_computed_directly(real_data: Path,
                                      "--masks", str(tmp_path / "coarse"), "--crf", "--crf-bilateral-sxy", "20",
                                      "--crf-bilateral-compat", "10", "--device", "cpu")
     assert code == 0, output
-    assert report["images"] == 2 and report["refiner"].endswith("synth_spn_universal_compact.pt")
+    assert report["images"] == 2 and report["refiner"].endswith("spn_colour.pt")
     coarse_row, spn_row, crf_row = report["methods"]
     _assert_row(coarse_row, *_direct(coarse, gts))
     # The SPN row: the bundled refiner on the same masks through the file pipeline, as `refine --masks` runs it.

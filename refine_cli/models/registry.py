@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from refine_cli.errors import UnknownNameError
+from refine_cli.errors import UnknownNameError, UsageError
 from refine_cli.models import colour_spn, dilated, espnet, espnetv2, fcn_vgg, guidance, largefov, parsenet, segmentation, spn
 from refine_cli.transforms import CAFFE_FCN, IMAGENET, RAW_RGB, Preprocess
 
@@ -26,6 +26,7 @@ class ModelSpec:
     preprocess: the input the network expects by default (a checkpoint's metadata overrides it).
     defaults: builder arguments fixed by this name.
     trunk: the ImageNet trunk checkpoint (a `weights` name) used to initialise training, if any.
+    trainable: False for a network with nothing to learn (its settings are its arguments).
     """
 
     builder: Callable[..., nn.Module]
@@ -34,6 +35,7 @@ class ModelSpec:
     description: str
     defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     trunk: str | None = None
+    trainable: bool = True
 
 
 def _fixed(**kwargs: Any) -> Mapping[str, Any]:
@@ -137,6 +139,7 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
     "spn_colour": ModelSpec(
         colour_spn.spn_colour, "refiner", RAW_RGB,
         "SPN scans with gates from the image's colours (no learnt weights), at full resolution, any classes",
+        trainable=False,
     ),
     "spn_voc21": ModelSpec(
         spn.spn_voc21, "refiner", IMAGENET, "SPN as released for VOC: 21 classes in, 32 hidden channels",
@@ -145,9 +148,19 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
 })
 
 
-def names(kind: str | None = None) -> list[str]:
-    """Registered names, optionally only those of one kind ("base" or "refiner")."""
-    return [n for n, s in MODELS.items() if kind is None or s.kind == kind]
+def names(kind: str | None = None, *, trainable: bool | None = None) -> list[str]:
+    """Registered names, optionally only those of one kind ("base" or "refiner") and trainability."""
+    return [n for n, s in MODELS.items()
+            if (kind is None or s.kind == kind) and (trainable is None or s.trainable == trainable)]
+
+
+def trainable_spec(name: str, kind: str) -> ModelSpec:
+    """The spec of `name`, which `train <kind>` can train; UsageError naming the ones it can otherwise."""
+    s = spec(name)
+    if s.kind != kind or not s.trainable:
+        what = f"a {s.kind} network" if s.kind != kind else "a network with no weights to learn"
+        raise UsageError(f"'{name}' is {what}; `train {kind}` trains {', '.join(names(kind, trainable=True))}")
+    return s
 
 
 def spec(name: str) -> ModelSpec:

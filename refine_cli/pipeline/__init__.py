@@ -39,7 +39,8 @@ class Refiner:
 
     base: a checkpoint name (bundled, cached or downloadable) or path; "default" is the bundled one; None when
         coarse masks are always given.
-    refiner: likewise; "default" is the bundled universal refiner; None returns the base segmenter's output.
+    refiner: likewise; "default" is the bundled colour-gated propagation refiner; None returns the base
+        segmenter's output.
     device: "auto" (a CUDA GPU when present, else the CPU), "cpu", "cuda" or "cuda:N". A GPU asked for but absent
         is an error, never a silent CPU run.
     batch_size: images per batch; None: PipelineConfig's GPU / CPU default.

@@ -131,10 +131,7 @@ class BaseTask(TrainTask):
         aug = config.augment
         if aug.crop_size < 1 or not 0 < aug.scale_min <= aug.scale_max:
             raise UsageError("--crop-size must be >= 1 and 0 < --scale-min <= --scale-max")
-        self.spec = models.spec(config.arch)
-        if self.spec.kind != "base":
-            raise UsageError(f"'{config.arch}' is a {self.spec.kind}; `train base` trains base segmenters "
-                             f"({', '.join(models.names('base'))})")
+        self.spec = models.trainable_spec(config.arch, "base")
         self.per_rank = per_rank(config.batch_size, info, "--batch-size")
         self.train_set = open_split(config.data, config.data.split, emit)
         self.val_set = open_split(config.data, config.data.val_split, emit) if config.data.val_split else None

@@ -85,10 +85,7 @@ class RefinerTask(TrainTask):
 
     def __init__(self, config: RefinerTrainConfig, info: DistInfo, emit: EventFn) -> None:
         self.config, self.info, self.emit = config, info, emit
-        self.spec = models.spec(config.arch)
-        if self.spec.kind != "refiner":
-            raise UsageError(f"'{config.arch}' is a {self.spec.kind} network; `train refiner` trains refiners "
-                             f"({', '.join(models.names('refiner'))})")
+        self.spec = models.trainable_spec(config.arch, "refiner")
         if config.probs not in PROBS_MODES:
             raise UsageError(f"unknown --probs '{config.probs}'; choose one of {', '.join(PROBS_MODES)}")
         crop = config.crop

@@ -126,10 +126,7 @@ class WorkingRefinerTask(TrainTask):
 
     def __init__(self, config: RefinerTrainConfig, info: DistInfo, emit: EventFn) -> None:
         self.config, self.info, self.emit = config, info, emit
-        self.spec = models.spec(config.arch)
-        if self.spec.kind != "refiner":
-            raise UsageError(f"'{config.arch}' is a {self.spec.kind} network; `train refiner` trains refiners "
-                             f"({', '.join(models.names('refiner'))})")
+        self.spec = models.trainable_spec(config.arch, "refiner")
         self.arch = config.arch
         self.arch_args = models.arch_args(config.arch, **config.arch_args)
         model = models.build(config.arch, **self.arch_args)
