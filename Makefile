@@ -35,9 +35,12 @@ test-fast: dev
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
 
 demo: install
-	$(BIN)/refine-cli refine examples/synth --out demo-out/synth --overwrite
-	$(BIN)/refine-cli refine examples/photos --masks examples/photos_masks --out demo-out/photos --overwrite
-	@echo "Refined masks and overlays: demo-out/synth/{masks,overlays}, demo-out/photos/{masks,overlays}"
+	$(BIN)/refine-cli refine examples/photos --out demo-out/photos --overwrite
+	$(BIN)/refine-cli refine examples/camvid --base espnet_camvid --out demo-out/camvid --overwrite
+	$(BIN)/refine-cli refine examples/photos --masks examples/photos_masks --out demo-out/photos_masks --overwrite
+	$(BIN)/refine-cli refine examples/synth --base synth_fcn8s_compact --refiner synth_spn_universal_compact \
+		--out demo-out/synth --overwrite
+	@echo "Refined masks and overlays: demo-out/{photos,camvid,photos_masks,synth}/{masks,overlays}"
 
 # The measurements the README cites, on this machine, as JSON (and the scaling plot) under benchmarks/results/;
 # benchmarks/README.md lists each command and the GPU runs. The CRF baseline and the plot need the crf, plot extras.

@@ -25,7 +25,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "refine_cli"]
-DAVIS_SETS = [(f"s{s}_{u}", s, u) for s in (8, 16) for u in ("bilinear", "nearest")]
+# Blocks enlarged by pixel replication: of the forms tried, the closest to masks a real stride-8/16 network gives
+# (bilinear upsampling gives far smoother boundaries, BF 94 at stride 8 against 69).
+DAVIS_SETS = [(f"s{s}_nearest", s, "nearest") for s in (8, 16)]
 CAMVID_BASES = ("espnet_camvid",)
 
 

@@ -1,5 +1,6 @@
-"""The README's picture, made by refine-cli itself: image | coarse | refined for examples/ (synthetic images through
-the bundled base segmenter, photographs through their GrabCut-made coarse masks), with the bundled refiner.
+"""The README's picture, made by refine-cli itself: image | coarse | refined for examples/ with the bundled refiner:
+photographs through the default base segmenter (ESPNetv2, VOC classes), CamVid street scenes through ESPNet-CamVid,
+and photographs through their GrabCut-made coarse masks.
 
     .venv/bin/python examples/make_figure.py [--out docs/examples.png]
 """
@@ -15,8 +16,9 @@ from PIL import Image, ImageDraw
 from refine_cli import Refiner, io
 
 HERE = Path(__file__).resolve().parent
-SYNTH = ("synth_000000.jpg", "synth_000003.jpg", "synth_000005.jpg")
-PHOTOS = ("rocket.jpg", "camera.jpg", "coffee.jpg")
+PHOTOS = ("astronaut.jpg", "coffee.jpg")
+STREETS = ("0016E5_07959.jpg", "0016E5_08159.jpg")
+MASKED = ("rocket.jpg", "camera.jpg")
 TILE = 200
 ALPHA = 0.55
 
@@ -37,12 +39,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "examples.png")
     args = parser.parse_args()
-    with_base, masks_only = Refiner(device="cpu"), Refiner(base=None, device="cpu")
-    rows = []
-    for name in SYNTH:
-        result = with_base.refine(HERE / "synth" / name)
-        rows.append((result, with_base.palette))
-    for name in PHOTOS:
+    voc, streets = Refiner(device="cpu"), Refiner(base="espnet_camvid", device="cpu")
+    masks_only = Refiner(base=None, device="cpu")
+    rows = [(voc.refine(HERE / "photos" / name), voc.palette) for name in PHOTOS]
+    rows += [(streets.refine(HERE / "camvid" / name), streets.palette) for name in STREETS]
+    for name in MASKED:
         result = masks_only.refine(HERE / "photos" / name, mask=HERE / "photos_masks" / f"{Path(name).stem}.png")
         rows.append((result, masks_only.palette))
     tiles = [[panel(r.image, None, p), panel(r.image, r.coarse, p), panel(r.image, r.labels, p)] for r, p in rows]

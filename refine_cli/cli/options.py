@@ -40,5 +40,6 @@ Compile = Annotated[bool, typer.Option("--compile", help="torch.compile both net
 DecodeWorkers = Annotated[int, typer.Option("--workers", min=1, help="Threads decoding images.", rich_help_panel=RUN)]
 RefinerSide = Annotated[Optional[int], typer.Option(
     "--refiner-side", min=0, rich_help_panel=RUN,
-    help="Long side above which the refiner runs on a scaled-down copy, its output resized back; 0: full "
-    f"resolution (default: {_PIPELINE.cpu_refiner_side} on a CPU, full resolution on a GPU).")]
+    help="Long side above which a learnt SPN refiner runs on a scaled-down copy, its output resized back; 0: full "
+    f"resolution (default: {_PIPELINE.cpu_refiner_side} on a CPU, full resolution on a GPU). The colour-gated "
+    "refiner (the default) always runs at full resolution.")]
