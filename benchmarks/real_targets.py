@@ -3,12 +3,12 @@ evaluate` command, printed and recorded with its result.
 
 Coarse inputs (made once under --work, each by a command printed here):
 - DAVIS (val: the three held-out sequences): ground truth coarsened like a stride-8 and a stride-16 network's output,
-  upsampled bilinearly or as blocks (`refine-cli data coarsen`), and the foreground (every class but background) of
+  enlarged as blocks (`refine-cli data coarsen --upsample nearest`), and the foreground (every class but background) of
   the bundled ESPNetv2-VOC network;
 - CamVid (val): each base network's probabilities (`evaluate --base`) and its hard masks (`refine-cli segment`).
 The dense CRF is tuned on the train split of the same kind of input (`--crf-tune-split train`), never on val.
 
-    python benchmarks/real_targets.py --refiner weights/real_spn_universal_compact.pt \\
+    python benchmarks/real_targets.py --refiner spn_colour \\
         --json benchmarks/results/real_targets.json
 """
 

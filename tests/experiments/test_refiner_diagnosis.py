@@ -31,7 +31,7 @@ def test_one_hot_and_smoothed_inputs_stay_distributions():
 
 def test_diagnosis_of_the_bundled_refiner(world: Path, tmp_path: Path):
     argv = ["--data", str(world), "--out", str(tmp_path), "--limit", "3", "--quiet",
-            "--base", "fcn=synth_fcn8s_compact"]
+            "--base", "fcn=synth_fcn8s_compact", "--refiner", "synth_spn_universal_compact"]
     report = refiner_diagnosis.main(argv)
     saved = json.loads((tmp_path / "refiner_diagnosis.json").read_text())
     assert saved["table_markdown"] == report["table_markdown"] and saved["settings"]["val_images"] == 3
