@@ -4,7 +4,6 @@ time on an --out folder, stale temporary files, Ctrl-C at every stage."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -321,19 +320,28 @@ def test_ctrl_c_mid_run_counts_every_file_on_disk(nets, tmp_path: Path, monkeypa
     for i in range(24):
         Image.fromarray(_rgb(24, 24, i)).save(images / f"{i:02d}.png")
     out, summary = tmp_path / "out", tmp_path / "summary.json"
-    real_write = folder_module.write_outputs
-    written = itertools.count(1)
+    real_write, real_stream = folder_module.write_outputs, pipeline_module.Refiner._stream
 
     def slow_write(*args, **kwargs):  # several writes are under way when Ctrl-C comes
         time.sleep(0.2)
         real_write(*args, **kwargs)
-        if next(written) == 3:  # the third file is on disk: Ctrl-C, as from the terminal (the main thread gets it)
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(folder_module, "write_outputs", slow_write)
 
     def masks() -> list[Path]:
         return [p for p in (out / "masks").glob("*.png") if not p.name.startswith(".")]
+
+    def stream_then_ctrl_c(self, *args, **kwargs):
+        # Ctrl-C lands in the main thread while it runs the networks, once three files are on disk: raised here
+        # rather than sent as a signal, whose delivery a loaded machine can delay past the end of the run.
+        for count, outcome in enumerate(real_stream(self, *args, **kwargs), 1):
+            yield outcome
+            if count >= 8:
+                deadline = time.monotonic() + 60
+                while len(masks()) < 3 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(folder_module, "write_outputs", slow_write)
+    monkeypatch.setattr(pipeline_module.Refiner, "_stream", stream_then_ctrl_c)
 
     result = runner.invoke(app, ["refine", str(images), "--out", str(out), *_nets(nets), "--batch-size", "1",
                                  "--no-overlay", "--json", str(summary)])
