@@ -8,7 +8,7 @@ across an edge almost nothing passes. Only the straight neighbour of the three-w
 filter: diagonal links spread a scan like a random walk, so a stray band along an edge mostly averages itself).
 
 Each scan, run on unnormalised sums, gathers for every pixel the class maps behind it weighted by the products of
-the links on the way; the two scans of an axis divided by the same sums of ones give a weighted mean over the
+the links on the way; the two scans of an axis divided by the sums of weights give a weighted mean over the
 pixel's stretch of its own region. Rows, then columns, `iterations` times with the spatial scale shrinking as in
 the domain transform's schedule, every class map at once (one set of gates: any label set, binary masks
 included). Class probabilities are thereby averaged within the image's regions: a coarse boundary that strays
@@ -67,7 +67,10 @@ class ColourPropagation(nn.Module):
         if image.shape[0] != coarse.shape[0] or image.shape[-2:] != coarse.shape[-2:]:
             raise ValueError(f"image {tuple(image.shape)} and coarse {tuple(coarse.shape)} must share batch and size")
         image = image.float()
-        x = coarse.float().clamp_min(PROB_FLOOR)  # floored, so that no sum decays into subnormal floats (slow)
+        # Floored, so that no sum decays into subnormal floats (slow), and renormalised over the classes given (the
+        # pipeline passes only those some pixel votes for).
+        x = coarse.float().clamp_min(PROB_FLOOR)
+        x = x / x.sum(1, keepdim=True)
         # Colour differences between neighbours, the same at every scale: along rows and along columns.
         across_columns = (image[..., 1:] - image[..., :-1]).abs().sum(1, keepdim=True)  # (N, 1, H, W-1)
         across_rows = (image[..., 1:, :] - image[..., :-1, :]).abs().sum(1, keepdim=True)  # (N, 1, H-1, W)
@@ -94,16 +97,17 @@ class ColourPropagation(nn.Module):
 
         Each of the two scans, run on x / (1 - g), is h = x + g h_prev: the sum over the pixels behind of their x
         times the product of the links, plus x itself. Both scans' sums (the pixel counted once), divided by the
-        same sums of ones, are the mean. (The plain recurrence, an exponential moving average, would give the
+        sums of weights, are the mean; x holds probabilities, so the weights are the sums over the classes (no map
+        of ones to scan). (The plain recurrence, an exponential moving average, would give the
         first pixel after an edge the weight of all that follow it, and a stray band along an edge would stay.)"""
-        maps = torch.cat([x, torch.ones_like(x[:, :1])], 1).unsqueeze(2)  # (N, K + 1, 1, H, W): the last sums weights
+        maps = x.unsqueeze(2)  # (N, K, 1, H, W): the K maps share the gates
         total = -maps
         for direction in directions:
             gate = F.pad(links, _BEHIND[direction])  # (N, 1, H, W): each pixel's link to the one behind it, 0 first
             zero = torch.zeros_like(gate)
             gates = torch.cat([zero, gate, zero], 1).unsqueeze(2)  # only the straight neighbour: (N, 3, 1, H, W)
             total = total + propagate(maps / (1 - gate).unsqueeze(1), gates, direction, backend=self.backend)
-        return (total[:, :-1] / total[:, -1:]).squeeze(2)
+        return (total / total.sum(1, keepdim=True)).squeeze(2)
 
 
 def spn_colour(*, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterations: int = 2) -> ColourPropagation:
