@@ -470,7 +470,7 @@ def _opened(
             raise InputError(
                 f"cannot read {what} '{path}': {width}x{height} = {width * height / 1e6:.0f} MP is over the limit "
                 f"of {max_pixels / 1e6:.0f} MP (a guard against decompression bombs); if the file is trusted, "
-                "raise the limit (IOConfig.max_image_pixels)"
+                "raise the limit (refine-cli --max-megapixels, or max_pixels= in Python)"
             )
         turned = img.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8)
         full = (width, height) if turned else (height, width)

@@ -22,7 +22,7 @@ from refine_cli.cli.common import cli_errors, console, err_console, refiner_side
 from refine_cli.cli.options import (
     NETWORKS, OUTPUTS, RUN, BatchSize, Compile, DecodeWorkers, Device, JsonOut, Precision, RefinerSide,
 )
-from refine_cli.config import PipelineConfig
+from refine_cli.config import IOConfig, PipelineConfig
 
 if TYPE_CHECKING:
     from refine_cli import io
@@ -53,6 +53,11 @@ OverwriteOutputs = Annotated[bool, typer.Option("--overwrite", help="Redo inputs
                                                 "them, so a stopped run resumes).", rich_help_panel=OUTPUTS)]
 MaxSide = Annotated[int, typer.Option("--max-side", min=16, help="Images with a longer side are decoded scaled down "
                                       "to it (their masks still come back at full size).", rich_help_panel=RUN)]
+MaxMegapixels = Annotated[float, typer.Option(
+    "--max-megapixels", min=1e-6, rich_help_panel=RUN,
+    help="Image and mask files with more pixels are refused before decoding (a guard against decompression bombs); "
+    "raise it for trusted files that large.")]
+MAX_MEGAPIXELS = IOConfig().max_image_pixels / 1e6
 
 
 class _Speed(ProgressColumn):
@@ -90,6 +95,7 @@ def _run(
     inputs: list[str], out: Path, *, base: str, refiner: str, masks: Path | None, num_classes: int | None,
     overlay: bool, save_probs: bool, save_coarse: bool, overwrite: bool, json_out: str | None, device: str,
     batch_size: int | None, precision: str, max_side: int, side: int | None, compile: bool, workers: int,
+    max_megapixels: float,
 ) -> None:
     with heavy_imports():
         from refine_cli import io
@@ -111,6 +117,7 @@ def _run(
                         batch_size=batch_size,
                         precision=precision,  # type: ignore[arg-type]
                         max_side=max_side,
+                        max_pixels=round(max_megapixels * 1e6),
                         refiner_side=refiner_side(side),
                         compile=compile,
                         workers=workers,
@@ -200,19 +207,19 @@ def _refine_all(
 def refine(
     inputs: Inputs, out: OutDir, base: Base = "default",
     refiner: Annotated[str, typer.Option("--refiner", help="SPN refiner: a checkpoint name or path ('default': "
-                                         "bundled universal refiner; 'none': the base output).",
+                                         "the bundled colour-gated refiner; 'none': the base output).",
                                          rich_help_panel=NETWORKS)] = "default",
     masks: Masks = None, num_classes: NumClasses = None, overlay: Overlay = True, save_probs: SaveProbs = False,
     save_coarse: SaveCoarse = False, overwrite: OverwriteOutputs = False, json_out: JsonOut = None,
     device: Device = "auto", batch_size: BatchSize = None, precision: Precision = "fp32",
     max_side: MaxSide = DEFAULT.max_side, side: RefinerSide = None, compile: Compile = False,
-    workers: DecodeWorkers = DEFAULT.decode_workers,
+    workers: DecodeWorkers = DEFAULT.decode_workers, max_megapixels: MaxMegapixels = MAX_MEGAPIXELS,
 ) -> None:
     """Refine segmentation masks: base segmenter (or --masks) then the SPN refiner, over files and folders."""
     _run(inputs, out, base=base, refiner=refiner, masks=masks, num_classes=num_classes, overlay=overlay,
          save_probs=save_probs, save_coarse=save_coarse, overwrite=overwrite, json_out=json_out, device=device,
          batch_size=batch_size, precision=precision, max_side=max_side, side=side, compile=compile,
-         workers=workers)
+         workers=workers, max_megapixels=max_megapixels)
 
 
 def segment(
@@ -220,9 +227,10 @@ def segment(
     overwrite: OverwriteOutputs = False, json_out: JsonOut = None, device: Device = "auto",
     batch_size: BatchSize = None, precision: Precision = "fp32", max_side: MaxSide = DEFAULT.max_side,
     compile: Compile = False, workers: DecodeWorkers = DEFAULT.decode_workers,
+    max_megapixels: MaxMegapixels = MAX_MEGAPIXELS,
 ) -> None:
     """Segment images with the base segmenter only (no refiner): the same outputs as `refine`."""
     _run(inputs, out, base=base, refiner="none", masks=None, num_classes=None, overlay=overlay,
          save_probs=save_probs, save_coarse=False, overwrite=overwrite, json_out=json_out, device=device,
          batch_size=batch_size, precision=precision, max_side=max_side, side=None, compile=compile,
-         workers=workers)
+         workers=workers, max_megapixels=max_megapixels)

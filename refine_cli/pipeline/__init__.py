@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from refine_cli import io
-from refine_cli.config import PipelineConfig
+from refine_cli.config import IOConfig, PipelineConfig
 from refine_cli.device import describe, resolve_device
 from refine_cli.errors import InputError, UsageError
 from refine_cli.labels import voc_palette
@@ -47,6 +47,8 @@ class Refiner:
     precision: "fp32", or "fp16" / "bf16" autocast (fp16 on CUDA only).
     max_side: long side above which images are decoded scaled down and run at that size (the labels come back at
         the image's full size).
+    max_pixels: image and mask files with more pixels are refused before decoding (a guard against decompression
+        bombs; `IOConfig.max_image_pixels` by default): raise it for trusted files that large.
     refiner_side: long side above which the refiner runs on a scaled-down copy of the image and coarse
         probabilities, its logits resized back; None: at the working size; "auto": PipelineConfig's default for the
         device (256 on a CPU, None on a GPU).
@@ -64,6 +66,7 @@ class Refiner:
         batch_size: int | None = None,
         precision: Precision = "fp32",
         max_side: int | None = DEFAULT.max_side,
+        max_pixels: int = IOConfig().max_image_pixels,
         refiner_side: int | None | Literal["auto"] = "auto",
         channels_last: bool | None = None,
         compile: bool = False,
@@ -93,6 +96,7 @@ class Refiner:
             device=self.device,
             precision=precision,
             max_side=max_side,
+            max_pixels=max_pixels,
             refiner_side=refiner_side,
             channels_last=channels_last,
         )
@@ -143,12 +147,12 @@ class Refiner:
         classes (default: from the mask). The labels come back at the image's size; an image whose long side
         exceeds `max_side` runs scaled down, and `result.image` and the probabilities are at that working size."""
         if isinstance(image, (str, PathLike)):
-            rgb, full = io.read_image_scaled(image, self.engine.max_side)
+            rgb, full = io.read_image_scaled(image, self.engine.max_side, max_pixels=self.engine.max_pixels)
         else:
             whole = _as_rgb(image)
             full = whole.shape[:2]
             rgb = io.resize_rgb(whole, io.working_size(*full, self.engine.max_side))
-        labels = None if mask is None else _as_labels(mask, num_classes)
+        labels = None if mask is None else _as_labels(mask, num_classes, self.engine.max_pixels)
         if labels is not None and labels.shape != full:
             raise InputError(f"the mask is {labels.shape} but the image is {full} (height, width); a coarse mask must "
                              "have its image's size")
@@ -281,7 +285,7 @@ def _as_rgb(image: np.ndarray | torch.Tensor | Image.Image) -> np.ndarray:
     return io.image_to_rgb(_as_array(image), what="the image")
 
 
-def _as_labels(mask: ImageLike, num_classes: int | None) -> np.ndarray:
+def _as_labels(mask: ImageLike, num_classes: int | None, max_pixels: int) -> np.ndarray:
     if isinstance(mask, (str, PathLike)):
-        return io.read_mask(mask, num_classes=num_classes)
+        return io.read_mask(mask, num_classes=num_classes, max_pixels=max_pixels)
     return io.mask_labels(_as_array(mask), num_classes=num_classes, what="the mask")

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from refine_cli import io, weights
+from refine_cli.config import IOConfig
 from refine_cli.io import working_size
 from refine_cli.labels import IGNORE_INDEX
 from refine_cli.errors import UsageError
@@ -244,6 +245,7 @@ class Engine:
     device: torch.device
     precision: Precision = "fp32"
     max_side: int | None = 2048
+    max_pixels: int = IOConfig().max_image_pixels  # files over this many pixels are refused before decoding
     refiner_side: int | None = None
     channels_last: bool = False
     times: StageTimes = field(default_factory=StageTimes)

@@ -85,12 +85,12 @@ class _DecodeClock:
             self.engine.times.decode += seconds
 
 
-def _decode(job: Job, num_classes: int | None, max_side: int | None, clock: _DecodeClock) -> _Decoded:
+def _decode(job: Job, num_classes: int | None, engine: Engine, clock: _DecodeClock) -> _Decoded:
     start = time.perf_counter()
-    image, full = io.read_image_scaled(job.path, max_side)
+    image, full = io.read_image_scaled(job.path, engine.max_side, max_pixels=engine.max_pixels)
     mask = small = None
     if job.mask_path is not None:
-        mask = io.read_mask(job.mask_path, num_classes=num_classes)
+        mask = io.read_mask(job.mask_path, num_classes=num_classes, max_pixels=engine.max_pixels)
         if mask.shape != full:
             raise InputError(
                 f"{job.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} (width x height) but its image "
@@ -129,7 +129,7 @@ def stream(
             job = next(job_iter, None)
             if job is None:
                 return
-            pending.append((job, pool.submit(_decode, job, num_classes, engine.max_side, clock)))
+            pending.append((job, pool.submit(_decode, job, num_classes, engine, clock)))
 
     def run(group: list[_Decoded]) -> Iterator[RefineResult | Failure]:
         done = 0

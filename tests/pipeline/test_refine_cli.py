@@ -391,3 +391,19 @@ def test_a_second_run_on_the_same_out_is_refused(nets, tmp_path: Path):
     assert result.exit_code == 0, result.output
     assert (out / "masks" / "x.png").is_file() and not live_temp.exists()  # its owner is gone: a stale temp now
     assert not (out / ".refine-cli.lock").exists()
+
+
+def test_the_pixel_guard_is_a_flag(nets, tmp_path: Path):
+    # A 40x40 file is 0.0016 MP: refused by name under a limit of 0.001 MP, refined under the default.
+    images = tmp_path / "in"
+    images.mkdir()
+    Image.fromarray(_rgb(40, 40)).save(images / "a.png")
+    summary = tmp_path / "summary.json"
+    result = runner.invoke(app, ["refine", str(images), "--out", str(tmp_path / "small"), *_nets(nets),
+                                 "--max-megapixels", "0.001", "--json", str(summary)])
+    assert result.exit_code == 1, result.output
+    (failure,) = json.loads(summary.read_text())["failures"]
+    assert failure["path"].endswith("a.png") and "--max-megapixels" in failure["reason"]
+    result = runner.invoke(app, ["refine", str(images), "--out", str(tmp_path / "default"), *_nets(nets)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "default" / "masks" / "a.png").is_file()
