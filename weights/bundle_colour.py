@@ -31,6 +31,8 @@ GRID = [
     {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2},
     {"spatial_sigma": 40.0, "range_sigma": 0.4, "iterations": 2},
     {"spatial_sigma": 80.0, "range_sigma": 0.2, "iterations": 3},
+    {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "rounds": 2},
+    {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "rounds": 3},
 ]
 
 
@@ -51,7 +53,7 @@ def cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "refine_cli", *args], check=True, cwd=ROOT)
 
 
-def grid(real: Path, work: Path, limit: int | None) -> None:
+def grid(real: Path, work: Path, limit: int | None, rows: list[int]) -> None:
     davis, camvid = real / "davis", real / "camvid"
     sets = {}
     for stride in (8, 16):
@@ -65,8 +67,8 @@ def grid(real: Path, work: Path, limit: int | None) -> None:
         cli("segment", str(camvid / "train" / "images"), "--base", "espnet_camvid", "--out", str(masks),
             "--no-overlay")
     sets["CamVid train, ESPNet masks"] = ["--data", str(camvid), "--format", "camvid", "--masks", str(masks / "masks")]
-    rows = []
-    for args in GRID:
+    table = []
+    for args in (GRID[i] for i in rows):
         with tempfile.TemporaryDirectory() as tmp:
             path = write(Path(tmp) / f"{NAME}.pt", args)
             gains, cells = 0.0, []
@@ -79,11 +81,11 @@ def grid(real: Path, work: Path, limit: int | None) -> None:
                 gains += d_miou + d_bf
                 cells.append(f"{100 * coarse['miou']:.2f}/{100 * coarse['boundary_f']:.2f} -> "
                              f"{100 * refined['miou']:.2f}/{100 * refined['boundary_f']:.2f}")
-        rows.append((gains, args, cells))
-    print("\n| spatial_sigma | range_sigma | iterations | " + " | ".join(sets) + " | sum of gains |")
-    print("|---|---|---|" + "---|" * len(sets) + "---|")
-    for gains, args, cells in rows:
-        print(f"| {args['spatial_sigma']:g} | {args['range_sigma']:g} | {args['iterations']} | "
+        table.append((gains, args, cells))
+    print("\n| spatial_sigma | range_sigma | iterations | rounds | " + " | ".join(sets) + " | sum of gains |")
+    print("|---|---|---|---|" + "---|" * len(sets) + "---|")
+    for gains, args, cells in table:
+        print(f"| {args['spatial_sigma']:g} | {args['range_sigma']:g} | {args['iterations']} | {args.get('rounds', 1)} | "
               + " | ".join(cells) + f" | {gains:+.2f} |")
 
 
@@ -93,10 +95,12 @@ def main() -> None:
     parser.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "real")
     parser.add_argument("--work", type=Path, default=ROOT / "results" / "bundle_colour")
     parser.add_argument("--limit", type=int, help="score only the first N images of each set")
+    parser.add_argument("--rows", default=",".join(str(i) for i in range(len(GRID))),
+                        help="which settings of the grid to score, by index (default: all)")
     args = parser.parse_args()
     if args.grid:
         args.work.mkdir(parents=True, exist_ok=True)
-        grid(args.real, args.work, args.limit)
+        grid(args.real, args.work, args.limit, [int(i) for i in args.rows.split(",")])
         return
     path = write(HERE / f"{NAME}.pt", CHOSEN)
     weights.record_file(path)

@@ -39,6 +39,9 @@ class ColourPropagation(nn.Module):
     spatial_sigma: reach of the propagation in pixels, within a region of one colour.
     range_sigma: colour difference (L1 over RGB in [0, 1]) that counts as much as one pixel of distance, relative
         to spatial_sigma: smaller values stop the propagation at fainter edges.
+    rounds: how many times the whole filter runs, each round after the first on the previous round's mask made
+        one-hot: a boundary moves a few pixels per round, so a mask whose boundaries stray further (a stride-16
+        network's) needs more than one; each round costs as much as the first.
     iterations: passes of the four scans, their spatial scale shrinking each time (the domain transform's
         schedule), so the blocky artefacts of a first long-reaching pass are smoothed by the later ones.
     """
@@ -47,12 +50,13 @@ class ColourPropagation(nn.Module):
     full_resolution = True  # the pipeline runs it on the full-size image, never on a scaled-down copy
     min_side = 1
 
-    def __init__(self, *, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterations: int = 2,
+    def __init__(self, *, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterations: int = 2, rounds: int = 1,
                  backend: Backend = "auto") -> None:
         super().__init__()
-        if spatial_sigma <= 0 or range_sigma <= 0 or iterations < 1:
-            raise ValueError("spatial_sigma and range_sigma must be positive and iterations at least 1; got "
-                             f"{spatial_sigma}, {range_sigma}, {iterations}")
+        if spatial_sigma <= 0 or range_sigma <= 0 or iterations < 1 or rounds < 1:
+            raise ValueError("spatial_sigma and range_sigma must be positive, iterations and rounds at least 1; got "
+                             f"{spatial_sigma}, {range_sigma}, {iterations}, {rounds}")
+        self.rounds = rounds
         self.spatial_sigma, self.range_sigma, self.iterations = float(spatial_sigma), float(range_sigma), iterations
         self.backend = backend
 
@@ -74,9 +78,14 @@ class ColourPropagation(nn.Module):
         # Colour differences between neighbours, the same at every scale: along rows and along columns.
         across_columns = (image[..., 1:] - image[..., :-1]).abs().sum(1, keepdim=True)  # (N, 1, H, W-1)
         across_rows = (image[..., 1:, :] - image[..., :-1, :]).abs().sum(1, keepdim=True)  # (N, 1, H-1, W)
-        for sigma in self.schedule():
-            x = self._mean_along(x, self._links(across_columns, sigma), ("left_to_right", "right_to_left"))
-            x = self._mean_along(x, self._links(across_rows, sigma), ("top_to_bottom", "bottom_to_top"))
+        links = [(self._links(across_columns, s), self._links(across_rows, s)) for s in self.schedule()]
+        for round_ in range(self.rounds):
+            if round_:  # the previous round's mask, one-hot (floored as above)
+                x = F.one_hot(x.argmax(1), x.shape[1]).movedim(-1, 1).float().clamp_min(PROB_FLOOR)
+                x = x / x.sum(1, keepdim=True)
+            for along_rows, along_columns in links:
+                x = self._mean_along(x, along_rows, ("left_to_right", "right_to_left"))
+                x = self._mean_along(x, along_columns, ("top_to_bottom", "bottom_to_top"))
         refined = x.clamp_min(PROB_FLOOR).log().to(coarse.dtype)
         return refined.new_zeros(()), refined
 
@@ -101,14 +110,17 @@ class ColourPropagation(nn.Module):
         of ones to scan). (The plain recurrence, an exponential moving average, would give the
         first pixel after an edge the weight of all that follow it, and a stray band along an edge would stay.)"""
         maps = x.unsqueeze(2)  # (N, K, 1, H, W): the K maps share the gates
-        total = -maps
+        sums = []
         for direction in directions:
             gate = F.pad(links, _BEHIND[direction])  # (N, 1, H, W): each pixel's link to the one behind it, 0 first
             zero = torch.zeros_like(gate)
             gates = torch.cat([zero, gate, zero], 1).unsqueeze(2)  # only the straight neighbour: (N, 3, 1, H, W)
-            total = total + propagate(maps / (1 - gate).unsqueeze(1), gates, direction, backend=self.backend)
-        return (total / total.sum(1, keepdim=True)).squeeze(2)
+            sums.append(propagate(maps / (1 - gate).unsqueeze(1), gates, direction, backend=self.backend))
+        total = sums[0].add_(sums[1]).sub_(maps)  # in place: each full-size temporary costs as much as a scan
+        return total.div_(total.sum(1, keepdim=True)).squeeze(2)
 
 
-def spn_colour(*, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterations: int = 2) -> ColourPropagation:
-    return ColourPropagation(spatial_sigma=spatial_sigma, range_sigma=range_sigma, iterations=iterations)
+def spn_colour(*, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterations: int = 2,
+               rounds: int = 1) -> ColourPropagation:
+    return ColourPropagation(spatial_sigma=spatial_sigma, range_sigma=range_sigma, iterations=iterations,
+                             rounds=rounds)

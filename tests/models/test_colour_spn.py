@@ -115,3 +115,14 @@ def test_real_object_masks_get_sharper_and_no_worse(real_data: Path):
     # `refine-cli evaluate --masks`: 93.84 -> 95.52, 69.18 -> 81.21).
     assert after.iou[1] >= before.iou[1] + 0.005
     assert bf_after.score().f >= bf_before.score().f + 0.06
+
+
+def test_a_second_round_moves_a_boundary_further():
+    height, width, edge = 24, 64, 20
+    image = _step_image(height, width, edge)
+    labels = torch.zeros(1, height, width, dtype=torch.long)
+    labels[..., edge + 4 :] = 1  # 4 px off: one round moves it part of the way
+    truth = torch.zeros_like(labels)
+    truth[..., edge:] = 1
+    errors = [(ColourPropagation(rounds=r)(image, _one_hot(labels, 2)).argmax(1) != truth).sum().item() for r in (1, 2)]
+    assert (labels != truth).sum().item() > errors[0] > errors[1] == 0
