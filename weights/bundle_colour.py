@@ -24,7 +24,7 @@ from refine_cli import models, weights
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 NAME = "spn_colour"
-CHOSEN = {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2}
+CHOSEN = {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "rounds": 1}
 GRID = [
     {"spatial_sigma": 20.0, "range_sigma": 0.1, "iterations": 2},
     {"spatial_sigma": 40.0, "range_sigma": 0.1, "iterations": 2},
