@@ -22,7 +22,7 @@ import torch
 
 import refine_cli
 from refine_cli import models, weights
-from refine_cli.config import BaseAugmentConfig, BaseTrainConfig, DataConfig, LoopConfig, OptimConfig
+from refine_cli.config import BaseAugmentConfig, BaseTrainConfig, DataConfig, LoopConfig, OptimConfig, Optimizer
 from refine_cli.data import open_dataset
 from refine_cli.device import cpu_name
 from refine_cli.errors import RefineError, TrainingError, UsageError
@@ -53,7 +53,7 @@ class Recipe:
     crop_size: int = 128
     scale_min: float = 0.75
     scale_max: float = 1.25
-    optimizer: str = "adamw"
+    optimizer: str = Optimizer.adamw.value
     lr: float = 2e-3
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -91,7 +91,7 @@ def add_recipe_options(parser: argparse.ArgumentParser, *, steps: int, name: str
     parser.add_argument("--steps", type=int, default=steps, help="optimizer steps of every training run")
     parser.add_argument("--batch-size", type=int, default=r.batch_size, help="images per step")
     parser.add_argument("--crop-size", type=int, default=r.crop_size, help="side of the square training crops")
-    parser.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=r.optimizer, help="optimizer")
+    parser.add_argument("--optimizer", choices=[o.value for o in Optimizer], default=r.optimizer, help="optimizer")
     parser.add_argument("--lr", type=float, default=r.lr, help="base learning rate (poly schedule, power 0.9)")
     parser.add_argument("--weight-decay", type=float, default=r.weight_decay, help="weight decay")
     parser.add_argument("--grad-clip", type=float, default=r.grad_clip, help="gradient norm clip (0: off)")

@@ -1,8 +1,74 @@
-"""Frozen dataclasses holding the only copy of every default; CLI options point at these."""
+"""Frozen dataclasses holding the only copy of every default, and the only copy of every option vocabulary (the
+`str` enums below); CLI options point at these, the library's checks derive their tuples from them. Imports
+dataclasses and enum only, so `--help` stays free of torch."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
+
+# ------------------------------------------------------------------------------------------- option vocabularies
+# `class X(str, Enum)` (Python 3.10 has no StrEnum): Typer takes them as choices, and a member equals its value.
+# The configs below hold plain strings (the values), so they stay JSON- and checkpoint-friendly.
+
+
+class Optimizer(str, Enum):
+    """`OptimConfig.optimizer`: SGD (as published), or Adam / AdamW (Adam's beta1 is the momentum)."""
+
+    sgd = "sgd"
+    adam = "adam"
+    adamw = "adamw"
+
+
+class Amp(str, Enum):
+    """`LoopConfig.amp`: "auto" (bfloat16 autocast on CUDA, none on CPU), "bf16", "fp16" (with a gradient scaler)
+    or "off"."""
+
+    auto = "auto"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    off = "off"
+
+
+class Init(str, Enum):
+    """`BaseTrainConfig.init` / `RefinerTrainConfig.init`: "auto" (the arch's ImageNet trunk when it is in the cache,
+    else from scratch), "imagenet" (required) or "scratch"."""
+
+    auto = "auto"
+    imagenet = "imagenet"
+    scratch = "scratch"
+
+
+class ProbsMode(str, Enum):
+    """`RefinerTrainConfig.probs`: "cache" (computed once, stored as float16) or "live" (recomputed every batch)."""
+
+    cache = "cache"
+    live = "live"
+
+
+class CropsMode(str, Enum):
+    """`RefinerTrainConfig.crops`: "released" (the published recipe) or "working" (universal refiners trained at the
+    resolution the pipeline runs them at)."""
+
+    released = "released"
+    working = "working"
+
+
+class CoarseMode(str, Enum):
+    """`RefinerTrainConfig.coarse`: coarse maps from the base networks ("base"), from ground truth made coarse
+    ("perturb") or both ("mixed")."""
+
+    base = "base"
+    perturb = "perturb"
+    mixed = "mixed"
+
+
+class Precision(str, Enum):
+    """Inference precision (`refine_cli.pipeline`): "fp32", or "fp16" / "bf16" autocast (fp16 on CUDA only)."""
+
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
 
 
 @dataclass(frozen=True)
@@ -233,11 +299,12 @@ class OptimConfig:
     SGD, lr 1e-4, momentum 0.9, weight decay 5e-3, poly schedule lr * (1 - step / steps) ** 0.5, gradients
     clipped to a global L2 norm of 1000 (Caffe's `clip_gradients`).
 
-    optimizer: "sgd", "adam" or "adamw" (Adam's beta1 is `momentum`; useful to train compact nets from scratch).
+    optimizer: an `Optimizer` value (Adam's beta1 is `momentum`; Adam/AdamW are useful to train compact nets from
+        scratch).
     grad_clip: 0 turns clipping off.
     """
 
-    optimizer: str = "sgd"
+    optimizer: str = Optimizer.sgd.value
     lr: float = 1e-4
     momentum: float = 0.9
     weight_decay: float = 5e-3
@@ -251,7 +318,7 @@ class LoopConfig:
     writes `last.pt`. 60k iterations is the released SPN schedule.
 
     device: "auto", "cpu", "cuda", "cuda:N" (under torchrun each process takes cuda:LOCAL_RANK).
-    amp: "auto" (bfloat16 autocast on CUDA, none on CPU), "bf16", "fp16" (with a gradient scaler) or "off".
+    amp: an `Amp` value ("auto": bfloat16 autocast on CUDA, none on CPU; "fp16" adds a gradient scaler).
     deterministic: `torch.use_deterministic_algorithms` (warn-only) for the run: bitwise-repeatable on CPU.
     val_every: evaluate on the validation split every this many steps (and at the end); 0: only at the end.
     """
@@ -259,7 +326,7 @@ class LoopConfig:
     steps: int = 60_000
     seed: int = 0
     device: str = "auto"
-    amp: str = "auto"
+    amp: str = Amp.auto.value
     deterministic: bool = True
     workers: int = 2
     log_every: int = 20
@@ -298,8 +365,7 @@ class BaseTrainConfig:
     arch_args: builder arguments on top of the registry's (e.g. {"width": 0.125}); num_classes comes from
         the dataset.
     aux_weight: weight of the auxiliary head's loss, for nets that have one (torchvision's recipe: 0.5).
-    init: "auto" (the arch's ImageNet trunk when it is in the cache, else from scratch), "imagenet" (required)
-        or "scratch".
+    init: an `Init` value ("auto": the arch's ImageNet trunk when it is in the cache, else from scratch).
     init_from: a refine-cli checkpoint to start from instead (e.g. a trained front end).
     stage: a training stage the network defines (`model.trainable_parameters(stage)`), e.g. "context".
     """
@@ -310,7 +376,7 @@ class BaseTrainConfig:
     batch_size: int = 8
     augment: BaseAugmentConfig = field(default_factory=BaseAugmentConfig)
     aux_weight: float = 0.5
-    init: str = "auto"
+    init: str = Init.auto.value
     init_from: str | None = None
     stage: str | None = None
     optim: OptimConfig = field(
@@ -327,20 +393,20 @@ class RefinerTrainConfig:
     probabilities computed once by the base network and stored, label 255 ignored.
 
     base: the base checkpoint (name or path) whose probabilities the refiner learns to refine.
-    probs: "cache" (computed once, stored as float16 under `probs_dir`, default the refine-cli cache) or
-        "live" (recomputed for every batch).
+    probs: a `ProbsMode` value ("cache": computed once, stored as float16 under `probs_dir`, default the
+        refine-cli cache; "live": recomputed for every batch).
     suppress_absent: validate with the released test-time rule (classes absent from the coarse argmax zeroed).
     init: as `BaseTrainConfig.init`, for the guidance network's ImageNet trunk.
     init_from: a refine-cli refiner checkpoint of the same arch to start from instead (fine-tuning a trained
         refiner, e.g. the bundled one, on new data or a new base network).
 
-    crops: "released" (the recipe above) or "working" (`refine_cli.train.working`: universal refiners trained at
-        the resolution the pipeline runs them at, `working` sets the crops). With "working":
+    crops: a `CropsMode` value: "released" (the recipe above) or "working" (`refine_cli.train.working`: universal
+        refiners trained at the resolution the pipeline runs them at, `working` sets the crops). With "working":
     more_data: further datasets, each drawn as often as `data` whatever its size (splits and val splits their own).
     more_bases: further base networks; each serves the datasets whose class count it predicts.
-    coarse: where crops' coarse maps come from: "base" (the base networks' cached probabilities), "perturb"
-        (ground truth made coarse, `perturb`; no base needed) or "mixed" (ground truth with chance
-        `perturb_share`, a fitting base otherwise; datasets no base fits always use ground truth).
+    coarse: a `CoarseMode` value, where crops' coarse maps come from: "base" (the base networks' cached
+        probabilities), "perturb" (ground truth made coarse, `perturb`; no base needed) or "mixed" (ground truth
+        with chance `perturb_share`, a fitting base otherwise; datasets no base fits always use ground truth).
     hard_p: chance that a base network's map becomes one-hot (masks made elsewhere); perturbed ground truth has its
         own (`perturb.hard_p`).
     perturb_base_p: chance that a base network's map is itself perturbed (its argmax, as ground truth is): a
@@ -356,18 +422,18 @@ class RefinerTrainConfig:
     images_per_batch: int = 4
     crop: CropConfig = field(default_factory=CropConfig)
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
-    probs: str = "cache"
+    probs: str = ProbsMode.cache.value
     probs_dir: str | None = None
     suppress_absent: bool = True
-    init: str = "auto"
+    init: str = Init.auto.value
     init_from: str | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
-    crops: str = "released"
+    crops: str = CropsMode.released.value
     working: WorkingCropConfig = field(default_factory=WorkingCropConfig)
     more_data: tuple[DataConfig, ...] = ()
     more_bases: tuple[str, ...] = ()
-    coarse: str = "base"
+    coarse: str = CoarseMode.base.value
     perturb_share: float = 0.5
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
     hard_p: float = 0.3

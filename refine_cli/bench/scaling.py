@@ -89,7 +89,7 @@ def _fresh_process_call(base: str, refiner: str, stage: str, paths: tuple[str, .
                         ) -> Callable[[], Any]:
     """What `extra_peak_mib` runs in its fresh process: the networks loaded, the propagation kernels loaded and the
     batch decoded (not counted), then one call of the stage (counted)."""
-    model = Refiner(base, refiner, device="cpu", precision=precision, refiner_side=None)  # type: ignore[arg-type]
+    model = Refiner(base, refiner, device="cpu", precision=precision, refiner_side=None)
     resolve_backend("auto", model.device)  # loads the C++ kernels now, not inside the measured call
     return _stage_fn(model, stage, _batch(model.device, paths))[0]
 
@@ -126,7 +126,7 @@ def bench_scaling(
         raise UsageError("give at least one image size and one batch size")
     if min(sizes) < 32 or min(batches) < 1:
         raise UsageError("image sizes must be at least 32 pixels and batches at least 1")
-    model = Refiner(base, refiner, device=device, precision=precision, refiner_side=None)  # type: ignore[arg-type]
+    model = Refiner(base, refiner, device=device, precision=precision, refiner_side=None)
     if model.base is None or model.refiner is None:
         raise UsageError("the scaling benchmark times a base network and a refiner; give both")
     on_cuda = model.device.type == "cuda"

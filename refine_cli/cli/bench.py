@@ -21,9 +21,9 @@ from refine_cli.cli import heavy_imports
 from refine_cli.cli.common import cli_errors, console, err_console, refiner_side
 from refine_cli.cli.evaluate import report_table
 from refine_cli.cli.options import (
-    NETWORKS, OUTPUTS, BatchSize, Compile, DecodeWorkers, Device, JsonOut, Precision, RefinerSide,
+    NETWORKS, OUTPUTS, BatchSize, Compile, DecodeWorkers, Device, JsonOut, PrecisionOpt, RefinerSide,
 )
-from refine_cli.config import BenchConfig, PipelineConfig
+from refine_cli.config import BenchConfig, PipelineConfig, Precision
 from refine_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ def pipeline_command(
                                           "default.", rich_help_panel=WORKLOAD)] = True,
     device: Device = "auto",
     batch_size: BatchSize = None,
-    precision: Precision = "fp32",
+    precision: PrecisionOpt = Precision.fp32,
     workers: DecodeWorkers = PipelineConfig().decode_workers,
     compile: Compile = False,
     json_out: JsonOut = None,
@@ -176,7 +176,7 @@ def pipeline_command(
             folder, source, side = images, str(images), None
         report = bench_pipeline(
             [folder], base=base_choice, refiner=refiner_choice, device=device, batch_size=batch_size,
-            precision=precision, repeats=repeats, workers=workers, overlay=overlay, compile=compile, size=side,
+            precision=precision.value, repeats=repeats, workers=workers, overlay=overlay, compile=compile, size=side,
             source=source, progress=status.update,
         )
     view.print(f"[bold]device[/]: {report.device}", highlight=False)
@@ -266,7 +266,7 @@ def scaling_command(
     refiner: RefinerOrArch = "default",
     random_init: RandomInit = False,
     device: Device = "auto",
-    precision: Precision = "fp32",
+    precision: PrecisionOpt = Precision.fp32,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw time and memory against size into this "
                                                  "PNG (needs matplotlib: refine-cli\\[plot]).", dir_okay=False,
                                                  rich_help_panel=OUTPUTS)] = None,
@@ -284,7 +284,7 @@ def scaling_command(
                 view.status("loading the networks") as status:
             report = bench_scaling(
                 base=base_choice, refiner=refiner_choice, sizes=size_list, batches=batch_list, device=device,
-                precision=precision, repeats=repeats, memory=memory, seed=seed, progress=status.update,
+                precision=precision.value, repeats=repeats, memory=memory, seed=seed, progress=status.update,
             )
         view.print(f"[bold]device[/]: {report.device}", highlight=False)
         view.print(scaling_table(report))

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from refine_cli.config import PipelineConfig
+from refine_cli.config import PipelineConfig, Precision
 
 DATA, NETWORKS, OUTPUTS, RUN = "Data", "Networks", "Outputs", "Execution"
 
@@ -34,8 +34,8 @@ JsonOut = Annotated[Optional[str], typer.Option("--json", help="Write the result
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per batch (default: "
                       f"{_PIPELINE.gpu_batch_size} on a GPU, {_PIPELINE.cpu_batch_size} on a CPU).",
                       rich_help_panel=RUN)]
-Precision = Annotated[str, typer.Option("--precision", help="fp32, or fp16 / bf16 autocast (fp16 needs a GPU).",
-                                        rich_help_panel=RUN)]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="fp32, or fp16 / bf16 autocast (fp16 needs a "
+                                                 "GPU).", rich_help_panel=RUN)]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile both networks (GPU).", rich_help_panel=RUN)]
 DecodeWorkers = Annotated[int, typer.Option("--workers", min=1, help="Threads decoding images.", rich_help_panel=RUN)]
 RefinerSide = Annotated[Optional[int], typer.Option(

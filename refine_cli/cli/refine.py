@@ -20,9 +20,9 @@ from rich.text import Text
 from refine_cli.cli import INTERRUPTED, heavy_imports
 from refine_cli.cli.common import cli_errors, console, err_console, refiner_side
 from refine_cli.cli.options import (
-    NETWORKS, OUTPUTS, RUN, BatchSize, Compile, DecodeWorkers, Device, JsonOut, Precision, RefinerSide,
+    NETWORKS, OUTPUTS, RUN, BatchSize, Compile, DecodeWorkers, Device, JsonOut, PrecisionOpt, RefinerSide,
 )
-from refine_cli.config import IOConfig, PipelineConfig
+from refine_cli.config import IOConfig, PipelineConfig, Precision
 
 if TYPE_CHECKING:
     from refine_cli import io
@@ -115,7 +115,7 @@ def _run(
                         refiner=refiner,
                         device=shard.device if shard is not None else device,
                         batch_size=batch_size,
-                        precision=precision,  # type: ignore[arg-type]
+                        precision=precision,
                         max_side=max_side,
                         max_pixels=round(max_megapixels * 1e6),
                         refiner_side=refiner_side(side),
@@ -211,26 +211,26 @@ def refine(
                                          rich_help_panel=NETWORKS)] = "default",
     masks: Masks = None, num_classes: NumClasses = None, overlay: Overlay = True, save_probs: SaveProbs = False,
     save_coarse: SaveCoarse = False, overwrite: OverwriteOutputs = False, json_out: JsonOut = None,
-    device: Device = "auto", batch_size: BatchSize = None, precision: Precision = "fp32",
+    device: Device = "auto", batch_size: BatchSize = None, precision: PrecisionOpt = Precision.fp32,
     max_side: MaxSide = DEFAULT.max_side, side: RefinerSide = None, compile: Compile = False,
     workers: DecodeWorkers = DEFAULT.decode_workers, max_megapixels: MaxMegapixels = MAX_MEGAPIXELS,
 ) -> None:
     """Refine segmentation masks: base segmenter (or --masks) then the SPN refiner, over files and folders."""
     _run(inputs, out, base=base, refiner=refiner, masks=masks, num_classes=num_classes, overlay=overlay,
          save_probs=save_probs, save_coarse=save_coarse, overwrite=overwrite, json_out=json_out, device=device,
-         batch_size=batch_size, precision=precision, max_side=max_side, side=side, compile=compile,
+         batch_size=batch_size, precision=precision.value, max_side=max_side, side=side, compile=compile,
          workers=workers, max_megapixels=max_megapixels)
 
 
 def segment(
     inputs: Inputs, out: OutDir, base: Base = "default", overlay: Overlay = True, save_probs: SaveProbs = False,
     overwrite: OverwriteOutputs = False, json_out: JsonOut = None, device: Device = "auto",
-    batch_size: BatchSize = None, precision: Precision = "fp32", max_side: MaxSide = DEFAULT.max_side,
+    batch_size: BatchSize = None, precision: PrecisionOpt = Precision.fp32, max_side: MaxSide = DEFAULT.max_side,
     compile: Compile = False, workers: DecodeWorkers = DEFAULT.decode_workers,
     max_megapixels: MaxMegapixels = MAX_MEGAPIXELS,
 ) -> None:
     """Segment images with the base segmenter only (no refiner): the same outputs as `refine`."""
     _run(inputs, out, base=base, refiner="none", masks=None, num_classes=None, overlay=overlay,
          save_probs=save_probs, save_coarse=False, overwrite=overwrite, json_out=json_out, device=device,
-         batch_size=batch_size, precision=precision, max_side=max_side, side=None, compile=compile,
+         batch_size=batch_size, precision=precision.value, max_side=max_side, side=None, compile=compile,
          workers=workers, max_megapixels=max_megapixels)

@@ -23,13 +23,19 @@ from refine_cli.cli import INTERRUPTED, heavy_imports
 from refine_cli.cli.common import cli_errors, console, err_console
 from refine_cli.cli.options import DATA, DatasetFormat, Device, Format
 from refine_cli.config import (
+    Amp,
     AugmentConfig,
     BaseAugmentConfig,
     BaseTrainConfig,
+    CoarseMode,
     CropConfig,
+    CropsMode,
     DataConfig,
+    Init,
     LoopConfig,
     OptimConfig,
+    Optimizer,
+    ProbsMode,
     RefinerTrainConfig,
 )
 from refine_cli.errors import UsageError
@@ -57,30 +63,6 @@ BASE_ARCHS = (
 )
 REFINER_ARCHS = ("spn_universal", "spn_universal_compact", "spn_voc21")
 NETWORK, OPTIM, LOOP, AUG, RUN = "Network", "Optimizer", "Loop", "Augmentation", "Run folder"
-
-
-class Optimizer(str, Enum):
-    sgd = "sgd"
-    adam = "adam"
-    adamw = "adamw"
-
-
-class Amp(str, Enum):
-    auto = "auto"
-    bf16 = "bf16"
-    fp16 = "fp16"
-    off = "off"
-
-
-class Init(str, Enum):
-    auto = "auto"
-    imagenet = "imagenet"
-    scratch = "scratch"
-
-
-class ProbsMode(str, Enum):
-    cache = "cache"
-    live = "live"
 
 
 # ------------------------------------------------------------------------------- options both commands share
@@ -358,17 +340,6 @@ def base(
             optim=optim, loop=loop,
         )
     _run(train_base, config, out, resume, overwrite)
-
-
-class CropsMode(str, Enum):
-    released = "released"
-    working = "working"
-
-
-class CoarseMode(str, Enum):
-    base = "base"
-    perturb = "perturb"
-    mixed = "mixed"
 
 
 WORKING = "Working-resolution training (--crops working)"

@@ -44,7 +44,7 @@ class Refiner:
     device: "auto" (a CUDA GPU when present, else the CPU), "cpu", "cuda" or "cuda:N". A GPU asked for but absent
         is an error, never a silent CPU run.
     batch_size: images per batch; None: PipelineConfig's GPU / CPU default.
-    precision: "fp32", or "fp16" / "bf16" autocast (fp16 on CUDA only).
+    precision: a `Precision` value: "fp32", or "fp16" / "bf16" autocast (fp16 on CUDA only).
     max_side: long side above which images are decoded scaled down and run at that size (the labels come back at
         the image's full size).
     max_pixels: image and mask files with more pixels are refused before decoding (a guard against decompression
@@ -64,7 +64,7 @@ class Refiner:
         *,
         device: str = "auto",
         batch_size: int | None = None,
-        precision: Precision = "fp32",
+        precision: str = Precision.fp32.value,
         max_side: int | None = DEFAULT.max_side,
         max_pixels: int = IOConfig().max_image_pixels,
         refiner_side: int | None | Literal["auto"] = "auto",

@@ -11,15 +11,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from refine_cli import io, weights
-from refine_cli.config import IOConfig
+from refine_cli.config import IOConfig, Precision
 from refine_cli.io import working_size
 from refine_cli.labels import IGNORE_INDEX
 from refine_cli.errors import UsageError
@@ -27,8 +25,7 @@ from refine_cli.models.spn import RESIDUAL_EPS, class_map, present_classes, supp
 from refine_cli.transforms import normalize, resize_images, resized_shape
 from refine_cli.weights import CheckpointMeta
 
-Precision = Literal["fp32", "fp16", "bf16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+PRECISIONS: tuple[str, ...] = tuple(p.value for p in Precision)
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -243,7 +240,7 @@ class Engine:
     base: Network | None
     refiner: Network | None
     device: torch.device
-    precision: Precision = "fp32"
+    precision: str = Precision.fp32.value  # a `Precision` value
     max_side: int | None = 2048
     max_pixels: int = IOConfig().max_image_pixels  # files over this many pixels are refused before decoding
     refiner_side: int | None = None
@@ -253,6 +250,7 @@ class Engine:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision '{self.precision}'; choose one of {', '.join(PRECISIONS)}")
+        self.precision = Precision(self.precision).value  # a plain string, also when given the enum
         if self.precision == "fp16" and self.device.type != "cuda":
             raise UsageError("fp16 needs a CUDA device; use --precision bf16 or fp32 on the CPU")
 

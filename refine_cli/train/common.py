@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from refine_cli import weights
-from refine_cli.config import DataConfig
+from refine_cli.config import DataConfig, Init
 from refine_cli.data import SegmentationDataset, ensure_valid, open_dataset
 from refine_cli.errors import UsageError, WeightsError
 from refine_cli.metrics import ConfusionMatrix
@@ -29,7 +29,7 @@ from refine_cli.train.events import EventFn, Note
 from refine_cli.train.order import Draw, StreamSampler
 from refine_cli.transforms import Preprocess, normalize, resize_images, resized_shape
 
-INIT_MODES = ("auto", "imagenet", "scratch")
+INIT_MODES = tuple(i.value for i in Init)
 
 
 def open_split(cfg: DataConfig, split: str, emit: EventFn) -> SegmentationDataset:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 import refine_cli
+from refine_cli.config import Amp, Optimizer
 from refine_cli.device import cpu_name, describe
 from refine_cli.errors import TrainingError, UsageError
 from refine_cli.train import distributed
@@ -50,8 +51,8 @@ from refine_cli.weights.locations import now_iso
 
 log = logging.getLogger("refine_cli.train")
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+OPTIMIZERS = tuple(o.value for o in Optimizer)
+AMP_MODES = tuple(a.value for a in Amp)
 _RNG_STREAM = 3  # order.derive_seed stream for the per-process RNG (dropout)
 
 

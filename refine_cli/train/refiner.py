@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from refine_cli import models
-from refine_cli.config import AugmentConfig, CropConfig, RefinerTrainConfig
+from refine_cli.config import AugmentConfig, CropConfig, CropsMode, ProbsMode, RefinerTrainConfig
 from refine_cli.data import ProbsCache, Sample, refiner_crops
 from refine_cli.data.augment import CropBatch
 from refine_cli.errors import UsageError
@@ -47,8 +47,8 @@ from refine_cli.train.working import WorkingRefinerTask
 from refine_cli.transforms import normalize
 from refine_cli.weights import Checkpoint, CheckpointMeta, checkpoint_from_model
 
-PROBS_MODES = ("cache", "live")
-CROP_MODES = ("released", "working")
+PROBS_MODES = tuple(p.value for p in ProbsMode)
+CROP_MODES = tuple(c.value for c in CropsMode)
 
 
 class _Crops:

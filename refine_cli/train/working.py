@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from refine_cli import models
-from refine_cli.config import PerturbConfig, RefinerTrainConfig
+from refine_cli.config import CoarseMode, PerturbConfig, RefinerTrainConfig
 from refine_cli.data import ProbsCache, SegmentationDataset
 from refine_cli.data.perturb import perturb
 from refine_cli.data.working_crops import WorkingCrop, working_crop
@@ -46,6 +46,8 @@ from refine_cli.train.loop import LossTerms, TrainTask, autocast_dtype
 from refine_cli.train.probs import BaseNet, cache_dir, ensure_cache, load_base
 from refine_cli.transforms import normalize
 from refine_cli.weights import Checkpoint, CheckpointMeta, checkpoint_from_model
+
+COARSE_MODES = tuple(c.value for c in CoarseMode)
 
 PERTURBED = "perturbed"  # the name of the ground-truth-made-coarse source in scores and provenance
 _VAL_SEED = 20_171_204  # perturbed val masks are drawn from this and the sample name: the same for every run
@@ -133,8 +135,9 @@ class WorkingRefinerTask(TrainTask):
         if not getattr(model, "per_class", False):
             raise UsageError(f"--crops working trains universal refiners (class-agnostic); '{config.arch}' takes a "
                              "fixed class count: use --crops released")
-        if config.coarse not in ("base", "perturb", "mixed"):
-            raise UsageError(f"unknown --coarse '{config.coarse}'; choose base, perturb or mixed")
+        if config.coarse not in COARSE_MODES:
+            raise UsageError(f"unknown --coarse '{config.coarse}'; choose {', '.join(COARSE_MODES[:-1])} or "
+                             f"{COARSE_MODES[-1]}")
         if config.coarse != "perturb" and not config.bases:
             raise UsageError(f"--coarse {config.coarse} needs --base; without a base network use --coarse perturb")
         self.per_rank = per_rank(config.images_per_batch, info, "--images-per-batch")

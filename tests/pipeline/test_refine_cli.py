@@ -143,7 +143,7 @@ def test_usage_errors_exit_2(nets, tmp_path: Path):
     assert bad_net.exit_code == 2 and "no checkpoint called 'no_such_network'" in bad_net.output
     bad_precision = runner.invoke(app, ["refine", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--base",
                                         str(nets["base"]), "--refiner", str(nets["refiner"]), "--precision", "fp8"])
-    assert bad_precision.exit_code == 2 and "unknown precision" in bad_precision.output
+    assert bad_precision.exit_code == 2 and "Invalid value for '--precision'" in bad_precision.output
     bad_side = runner.invoke(app, ["refine", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--base",
                                    str(nets["base"]), "--refiner", str(nets["refiner"]), "--refiner-side", "8"])
     assert bad_side.exit_code == 2 and "at least 16 pixels" in bad_side.output
