@@ -11,7 +11,7 @@ Each scan, run on unnormalised sums, gathers for every pixel the class maps behi
 the links on the way; the two scans of an axis divided by the sums of weights give a weighted mean over the
 pixel's stretch of its own region. Rows, then columns, `iterations` times with the spatial scale shrinking as in
 the domain transform's schedule, every class map at once (one set of gates: any label set, binary masks
-included). Class probabilities are thereby averaged within the image's regions: a coarse boundary that strays
+included; `refine_cli.ops.edge_mean`, one fused C++ kernel per step on CPU). Class probabilities are thereby averaged within the image's regions: a coarse boundary that strays
 from the object's edge by a few pixels is pulled back to it, and regions away from boundaries keep their class.
 """
 
@@ -23,14 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refine_cli.ops import propagate
-from refine_cli.ops.propagate import Backend
+from refine_cli.ops.edge_mean import EdgeMeanBackend, edge_mean
 
 PROB_FLOOR = 1e-6  # the propagated probabilities are returned as log(p), floored here
-# Links between neighbours (one fewer than pixels along the axis) padded to the map: the first pixel of a scan has
-# no neighbour behind it.
-_BEHIND = {"left_to_right": (1, 0, 0, 0), "right_to_left": (0, 1, 0, 0), "top_to_bottom": (0, 0, 1, 0),
-           "bottom_to_top": (0, 0, 0, 1)}
 
 
 class ColourPropagation(nn.Module):
@@ -51,7 +46,7 @@ class ColourPropagation(nn.Module):
     min_side = 1
 
     def __init__(self, *, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterations: int = 2, rounds: int = 1,
-                 backend: Backend = "auto") -> None:
+                 backend: EdgeMeanBackend = "auto") -> None:
         super().__init__()
         if spatial_sigma <= 0 or range_sigma <= 0 or iterations < 1 or rounds < 1:
             raise ValueError("spatial_sigma and range_sigma must be positive, iterations and rounds at least 1; got "
@@ -76,17 +71,17 @@ class ColourPropagation(nn.Module):
         x = coarse.float().clamp_min(PROB_FLOOR)
         x = x / x.sum(1, keepdim=True)
         # Colour differences between neighbours, the same at every scale: along rows and along columns.
-        across_columns = (image[..., 1:] - image[..., :-1]).abs().sum(1, keepdim=True)  # (N, 1, H, W-1)
-        across_rows = (image[..., 1:, :] - image[..., :-1, :]).abs().sum(1, keepdim=True)  # (N, 1, H-1, W)
+        across_columns = (image[..., 1:] - image[..., :-1]).abs().sum(1)  # (N, H, W-1)
+        across_rows = (image[..., 1:, :] - image[..., :-1, :]).abs().sum(1)  # (N, H-1, W)
         links = [(self._links(across_columns, s), self._links(across_rows, s)) for s in self.schedule()]
         for round_ in range(self.rounds):
             if round_:  # the previous round's mask, one-hot (floored as above)
                 x = F.one_hot(x.argmax(1), x.shape[1]).movedim(-1, 1).float().clamp_min(PROB_FLOOR)
                 x = x / x.sum(1, keepdim=True)
             for along_rows, along_columns in links:
-                x = self._mean_along(x, along_rows, ("left_to_right", "right_to_left"))
-                x = self._mean_along(x, along_columns, ("top_to_bottom", "bottom_to_top"))
-        refined = x.clamp_min(PROB_FLOOR).log().to(coarse.dtype)
+                x = edge_mean(x, along_rows, 3, backend=self.backend)
+                x = edge_mean(x, along_columns, 2, backend=self.backend)
+        refined = x.clamp_min_(PROB_FLOOR).log_().to(coarse.dtype)
         return refined.new_zeros(()), refined
 
     def schedule(self) -> list[float]:
@@ -97,27 +92,8 @@ class ColourPropagation(nn.Module):
 
     def _links(self, difference: torch.Tensor, sigma: float) -> torch.Tensor:
         """The gate between each pair of neighbours: a ** (1 + sigma / range_sigma * colour difference)."""
-        a = math.exp(-math.sqrt(2) / sigma)
-        return torch.pow(a, 1 + (sigma / self.range_sigma) * difference)
-
-    def _mean_along(self, x: torch.Tensor, links: torch.Tensor, directions: tuple[str, str]) -> torch.Tensor:
-        """The weighted mean of x along rows or columns (the two opposite `directions`), the weight of a pixel the
-        product of the links between it and the pixel averaged for.
-
-        Each of the two scans, run on x / (1 - g), is h = x + g h_prev: the sum over the pixels behind of their x
-        times the product of the links, plus x itself. Both scans' sums (the pixel counted once), divided by the
-        sums of weights, are the mean; x holds probabilities, so the weights are the sums over the classes (no map
-        of ones to scan). (The plain recurrence, an exponential moving average, would give the
-        first pixel after an edge the weight of all that follow it, and a stray band along an edge would stay.)"""
-        maps = x.unsqueeze(2)  # (N, K, 1, H, W): the K maps share the gates
-        sums = []
-        for direction in directions:
-            gate = F.pad(links, _BEHIND[direction])  # (N, 1, H, W): each pixel's link to the one behind it, 0 first
-            zero = torch.zeros_like(gate)
-            gates = torch.cat([zero, gate, zero], 1).unsqueeze(2)  # only the straight neighbour: (N, 3, 1, H, W)
-            sums.append(propagate(maps / (1 - gate).unsqueeze(1), gates, direction, backend=self.backend))
-        total = sums[0].add_(sums[1]).sub_(maps)  # in place: each full-size temporary costs as much as a scan
-        return total.div_(total.sum(1, keepdim=True)).squeeze(2)
+        log_a = -math.sqrt(2) / sigma  # exp(log a * ...): torch.pow with a scalar base is several times slower
+        return torch.exp(difference.mul(log_a * sigma / self.range_sigma).add_(log_a))
 
 
 def spn_colour(*, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterations: int = 2,

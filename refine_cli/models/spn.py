@@ -190,10 +190,15 @@ def present_classes(scores: torch.Tensor) -> torch.Tensor:
     return present.scatter_(1, class_map(scores).flatten(1), True)
 
 
-def suppress_absent_classes(logits: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+def suppress_absent_classes(logits: torch.Tensor, coarse: torch.Tensor, *,
+                            present: torch.Tensor | None = None) -> torch.Tensor:
     """The released test-time rule: classes absent from the coarse argmax are zeroed in the refined output.
-    logits, coarse: (N, K, H, W). Returns logits with -inf for every class no coarse pixel votes for."""
-    return logits.masked_fill(~present_classes(coarse)[:, :, None, None], float("-inf"))
+    logits, coarse: (N, K, H, W); present: `present_classes(coarse)` when the caller has it already. Returns logits
+    with -inf for every class no coarse pixel votes for."""
+    present = present_classes(coarse) if present is None else present
+    if bool(present.all()):
+        return logits
+    return logits.masked_fill(~present[:, :, None, None], float("-inf"))
 
 
 def spn_universal(

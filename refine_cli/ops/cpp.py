@@ -1,4 +1,5 @@
-"""The C++ CPU kernels (csrc/scan_cpu.cpp): built once at first use with torch.utils.cpp_extension, cached in the
+"""The C++ CPU kernels (csrc/scan_cpu.cpp: the three-way scans; csrc/edge_mean_cpu.cpp: the colour-gated refiner's
+step): built once at first use with torch.utils.cpp_extension, cached in the
 torch extensions folder, and wrapped as an autograd function. A machine without a compiler gets a logged warning
 and the PyTorch kernels instead (`available()` is False, `build_error()` says why).
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import errno
 import logging
 import os
@@ -26,7 +28,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "scan_cpu.cpp"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = (CSRC / "scan_cpu.cpp", CSRC / "edge_mean_cpu.cpp")
+HEADERS = (CSRC / "transpose.h",)
 
 
 def _isa() -> tuple[str, list[str]]:
@@ -41,10 +45,18 @@ def _flags() -> tuple[list[str], list[str]]:
     """(compile, link) flags. OpenMP where the compiler has it by default (gcc, MSVC); Apple clang has none, and the
     kernels then run on one thread (at::parallel_for degrades to a plain loop)."""
     if sys.platform == "win32":
-        return ["/O2", "/openmp", *_isa()[1]], []
+        return ["/O2", "/openmp", *_isa()[1], f"/D{_headers_key()}"], []
     if sys.platform == "darwin":
-        return ["-O3", *_isa()[1]], []
-    return ["-O3", "-fopenmp", *_isa()[1]], ["-fopenmp"]
+        return ["-O3", *_isa()[1], f"-D{_headers_key()}"], []
+    return ["-O3", "-fopenmp", *_isa()[1], f"-D{_headers_key()}"], ["-fopenmp"]
+
+
+@functools.cache
+def _headers_key() -> str:
+    """A macro naming the headers' content: torch rebuilds when the sources or the flags change, and does not read
+    the headers, so their digest rides in the flags."""
+    digest = hashlib.sha256(b"".join(header.read_bytes() for header in HEADERS)).hexdigest()[:16]
+    return f"REFINE_CLI_HEADERS_{digest}"
 
 
 # The name keys torch's build cache; torch rebuilds by itself when the source or the flags change.
@@ -94,10 +106,11 @@ def _build(folder: Path, wait_s: float) -> BuildResult:
     log.info("loading the C++ propagation kernels (built once, then cached in %s)", folder)
     try:
         with _sole_builder(folder, wait_s), _build_tools_on_path():
-            # Registers torch.ops.refine_cli_spn.scan_forward / scan_backward (TORCH_LIBRARY in the source).
+            # Registers torch.ops.refine_cli_spn.scan_forward / scan_backward and torch.ops.refine_cli_edge.edge_mean
+            # (TORCH_LIBRARY in the sources).
             cpp_extension.load(
                 name=EXTENSION_NAME,
-                sources=[str(SOURCE)],
+                sources=[str(source) for source in SOURCES],
                 extra_cflags=_flags()[0],
                 extra_ldflags=_flags()[1],
                 build_directory=str(folder),

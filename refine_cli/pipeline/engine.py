@@ -319,8 +319,11 @@ class Engine:
             keep, correction = self._refine_parts(resize_images(images, small), resize_images(coarse, small), votes)
             correction = _upsample(correction.clamp_min(_FLOOR), height, width)
             keep = _upsample(keep, height, width) if keep.ndim else keep
-        logits = keep * coarse.clamp_min(RESIDUAL_EPS).log() + correction
-        return suppress_absent_classes(logits, coarse)
+        if keep.ndim == 0 and not keep.item():  # a refiner that returns its own log probabilities: nothing to add
+            logits = correction
+        else:
+            logits = keep * coarse.clamp_min(RESIDUAL_EPS).log() + correction
+        return suppress_absent_classes(logits, coarse, present=votes)
 
     def _refine_parts(self, images: torch.Tensor, coarse: torch.Tensor,
                       votes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -334,12 +337,20 @@ class Engine:
         k = coarse.shape[1]
         if module.per_class:
             present = votes.any(0).nonzero().flatten()
+            every_class = len(present) == k  # then no copy of the maps in and out
             with self._autocast():
-                keep_sub, correction_sub = module.forward_parts(x, padded_to(coarse[:, present], side))
+                keep_sub, correction_sub = module.forward_parts(
+                    x, padded_to(coarse if every_class else coarse[:, present], side))
+            correction_sub = correction_sub[..., :h, :w].float()
+            keep_sub = keep_sub.float().expand_as(correction_sub)[..., :h, :w] if keep_sub.ndim else keep_sub.float()
+            if every_class:
+                return keep_sub, correction_sub
             correction = torch.full_like(coarse, float("-inf"))
-            correction[:, present] = correction_sub[..., :h, :w].float()
+            correction[:, present] = correction_sub
+            if not keep_sub.ndim:  # one number for every class: the absent ones end at -inf whatever it is
+                return keep_sub, correction
             keep = torch.zeros_like(coarse)
-            keep[:, present] = keep_sub.float().expand_as(correction_sub)[..., :h, :w]
+            keep[:, present] = keep_sub
             return keep, correction
         if module.classes != k:
             raise UsageError(
