@@ -31,7 +31,7 @@ from refine_cli.config import BaseTrainConfig
 from refine_cli.errors import UsageError, WeightsError
 from refine_cli.models.adaptive_rf import MAX_FACTOR, MIN_FACTOR
 from refine_cli.train import BaseTask
-from refine_cli.train.distributed import DistInfo
+from refine_cli.distributed import DistInfo
 from refine_cli.train.events import EventFn
 
 MODULE = "experiments.adaptive_rf"

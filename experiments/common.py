@@ -29,7 +29,7 @@ from refine_cli.errors import RefineError, TrainingError, UsageError
 from refine_cli.io import atomic_write
 from refine_cli.train import BaseTask, Event, Note, StepLogged, TrainTask, run_training
 from refine_cli.train.common import val_name
-from refine_cli.train.distributed import DistInfo
+from refine_cli.distributed import DistInfo
 from refine_cli.train.events import EventFn
 from refine_cli.train.metrics_log import read_records
 from refine_cli.train.state import LAST, METRICS, MODEL

@@ -27,7 +27,7 @@ from refine_cli.config import IOConfig, PipelineConfig, Precision
 if TYPE_CHECKING:
     from refine_cli import io
     from refine_cli.pipeline import FileEvent, FolderOptions, FolderSummary, Refiner
-    from refine_cli.pipeline.distributed import Shard
+    from refine_cli.distributed import DistInfo
 
 DEFAULT = PipelineConfig()
 
@@ -100,20 +100,22 @@ def _run(
     with heavy_imports():
         from refine_cli import io
         from refine_cli.pipeline import FolderOptions, FolderSummary, Refiner, output_folders
-        from refine_cli.pipeline.distributed import StoppedByRankZero, claim_for_run, gather_summaries, shard_from_env
+        from refine_cli import distributed
+        from refine_cli.pipeline.distributed import claim_for_run, gather_summaries
     view: Console = err_console if json_out == "-" else console
     summary = FolderSummary()
     with cli_errors():
-        shard: Shard | None = shard_from_env(device)
+        info = distributed.setup(device)
+        shard = info if info.enabled else None
         json_path = None if json_out in (None, "-") else io.check_writable_file(json_out, "--json")
         try:
             listing = io.list_inputs(inputs, exclude=output_folders(out))
-            with claim_for_run(out, shard, "--out"):
+            with claim_for_run(out, info, "--out"):
                 try:
                     model = Refiner(
                         base=None if masks is not None else base,
                         refiner=refiner,
-                        device=shard.device if shard is not None else device,
+                        device=str(info.device) if shard is not None else device,
                         batch_size=batch_size,
                         precision=precision,
                         max_side=max_side,
@@ -128,12 +130,14 @@ def _run(
                                 options=options)
                 except KeyboardInterrupt:
                     summary.interrupted = True
-                if shard is not None:  # every rank is done writing when this returns: only then is the claim let go
-                    summary = gather_summaries(summary)
-        except StoppedByRankZero as exc:
+                # Every rank is done writing when this returns: only then is the claim let go.
+                summary = gather_summaries(summary, info)
+        except distributed.StoppedByRankZero as exc:
             raise typer.Exit(exc.exit_code) from None  # rank 0 reports the reason
         except KeyboardInterrupt:
             summary.interrupted = True
+        finally:
+            distributed.teardown(info)
     if shard is not None and shard.rank != 0:
         raise typer.Exit(_exit_code(summary, shard))
     title = "Interrupted: summary so far" if summary.interrupted else "Summary"
@@ -154,7 +158,7 @@ def _run(
     raise typer.Exit(_exit_code(summary, shard))
 
 
-def _exit_code(summary: FolderSummary, shard: Shard | None) -> int:
+def _exit_code(summary: FolderSummary, shard: DistInfo | None) -> int:
     """130 after Ctrl-C; 1 when files failed, except under torchrun (every rank gives the same code there, and any
     but 0 makes torchrun print a crash report after the summary); else 0."""
     if summary.interrupted:
@@ -163,7 +167,7 @@ def _exit_code(summary: FolderSummary, shard: Shard | None) -> int:
 
 
 def _refine_all(
-    model: Refiner, listing: io.InputListing, out: Path, summary: FolderSummary, view: Console, shard: Shard | None,
+    model: Refiner, listing: io.InputListing, out: Path, summary: FolderSummary, view: Console, shard: DistInfo | None,
     *, masks: Path | None, num_classes: int | None, options: FolderOptions,
 ) -> None:
     """Run the listed inputs through `model` into `out`, adding every file's outcome to `summary` (after Ctrl-C too:
@@ -172,14 +176,14 @@ def _refine_all(
     from refine_cli.pipeline.folder import drain_interrupted
 
     summary.device = model.describe_device()
-    where = f" (rank {shard.rank} of {shard.world})" if shard is not None else ""
+    where = f" (rank {shard.rank} of {shard.world_size})" if shard is not None else ""
     view.print(f"[bold]device[/]: {summary.device}{where}", highlight=False)
     if model.refiner is not None:
         with view.status("preparing the propagation kernels (the C++ one is compiled on first use, ~20 s)"):
             available_backends(model.device)
     events = model.refine_items(listing, out, masks_dir=masks, num_classes=num_classes, options=options,
-                                shard=(shard.rank, shard.world) if shard is not None else None)
-    mine = listing.shard(shard.rank, shard.world) if shard is not None else listing
+                                shard=(shard.rank, shard.world_size) if shard is not None else None)
+    mine = listing.shard(shard.rank, shard.world_size) if shard is not None else listing
     total, summary.left_out = len(mine), dict(mine.left_out)
     start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Speed(), TimeRemainingColumn())

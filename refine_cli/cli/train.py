@@ -198,7 +198,9 @@ def _plain(value: Any) -> Any:
 
 
 def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
+    from refine_cli import distributed  # torch is loaded by now: this runs while a command trains
+
+    return distributed.is_main_process()
 
 
 class _Renderer:

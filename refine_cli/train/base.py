@@ -34,7 +34,7 @@ from refine_cli.train.common import (
     stream_loader,
     val_name,
 )
-from refine_cli.train.distributed import DistInfo
+from refine_cli.distributed import DistInfo
 from refine_cli.train.events import EventFn, Note
 from refine_cli.train.loop import LossTerms, TrainResult, TrainTask, run_training
 from refine_cli.transforms import Preprocess, normalize

@@ -23,8 +23,8 @@ from refine_cli.data import SegmentationDataset, ensure_valid, open_dataset
 from refine_cli.errors import UsageError, WeightsError
 from refine_cli.metrics import ConfusionMatrix
 from refine_cli.models import ModelSpec
-from refine_cli.train import distributed
-from refine_cli.train.distributed import DistInfo
+from refine_cli import distributed
+from refine_cli.distributed import DistInfo
 from refine_cli.train.events import EventFn, Note
 from refine_cli.train.order import Draw, StreamSampler
 from refine_cli.transforms import Preprocess, normalize, resize_images, resized_shape

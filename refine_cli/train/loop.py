@@ -28,9 +28,9 @@ import refine_cli
 from refine_cli.config import Amp, Optimizer
 from refine_cli.device import cpu_name, describe
 from refine_cli.errors import TrainingError, UsageError
-from refine_cli.train import distributed
+from refine_cli import distributed
 from refine_cli.train.curve import draw_curve
-from refine_cli.train.distributed import DistInfo
+from refine_cli.distributed import DistInfo
 from refine_cli.train.events import Checkpointed, Evaluated, Event, EventFn, Finished, Note, Started, StepLogged
 from refine_cli.train.metrics_log import MetricsLog, read_records
 from refine_cli.train.order import derive_seed, stream_state

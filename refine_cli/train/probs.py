@@ -21,9 +21,9 @@ from torch import nn
 from refine_cli import weights
 from refine_cli.data import ProbsCache, SegmentationDataset
 from refine_cli.errors import UsageError
-from refine_cli.train import distributed
+from refine_cli import distributed
 from refine_cli.train.common import predict_logits
-from refine_cli.train.distributed import DistInfo
+from refine_cli.distributed import DistInfo
 from refine_cli.train.events import CacheProgress, EventFn, Note
 from refine_cli.transforms import Preprocess
 from refine_cli.weights.locations import atomic_write_text, cache_root, file_sha256, now_iso

@@ -39,7 +39,7 @@ from refine_cli.train.common import (
     stream_loader,
     val_name,
 )
-from refine_cli.train.distributed import DistInfo
+from refine_cli.distributed import DistInfo
 from refine_cli.train.events import EventFn
 from refine_cli.train.loop import LossTerms, TrainResult, TrainTask, autocast_dtype, run_training
 from refine_cli.train.probs import BaseNet, cache_dir, coarse_probs, ensure_cache, load_base

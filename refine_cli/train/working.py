@@ -30,7 +30,7 @@ from refine_cli.errors import UsageError
 from refine_cli.labels import IGNORE_INDEX
 from refine_cli.metrics import BoundaryF, ConfusionMatrix
 from refine_cli.models.spn import class_map
-from refine_cli.train import distributed
+from refine_cli import distributed
 from refine_cli.train.common import (
     data_fingerprint,
     data_provenance,
@@ -40,7 +40,7 @@ from refine_cli.train.common import (
     per_rank,
     stream_loader,
 )
-from refine_cli.train.distributed import DistInfo
+from refine_cli.distributed import DistInfo
 from refine_cli.train.events import EventFn
 from refine_cli.train.loop import LossTerms, TrainTask, autocast_dtype
 from refine_cli.train.probs import BaseNet, cache_dir, ensure_cache, load_base

@@ -13,7 +13,7 @@ import torch
 from refine_cli import models, weights
 from refine_cli.config import BaseTrainConfig
 from refine_cli.train import BaseTask, TrainResult, load_state, run_training, train_base
-from refine_cli.train.distributed import DistInfo
+from refine_cli.distributed import DistInfo
 from refine_cli.train.events import EventFn
 from refine_cli.train.metrics_log import read_records
 from tests.train.conftest import TINY_BASE_ARGS, base_config

@@ -1,6 +1,6 @@
-"""Multi-process training under `torchrun`: joining the process group (NCCL on GPUs, gloo on CPUs), this
-process's rank and device, and the few collectives the loop needs. Outside torchrun everything is a no-op for
-a single process of rank 0, so the loop has one code path.
+"""Multi-process runs under `torchrun`, for training and for folder refinement alike: joining the process group
+(NCCL on GPUs, gloo on CPUs), this process's rank and device, and the few collectives the callers need. Outside
+torchrun everything is a no-op for a single process of rank 0, so callers have one code path.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from refine_cli.device import resolve_device
-from refine_cli.errors import RefineError, TrainingError, UsageError
+from refine_cli.errors import RefineError, UsageError
 
 T = TypeVar("T")
 
@@ -43,6 +43,20 @@ class DistInfo:
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or no torchrun), read from the environment: usable before `setup`."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+class StoppedByRankZero(RefineError):
+    """Raised on the other ranks when rank 0 failed in `on_main`; rank 0 reports why, and every rank exits with
+    its exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def setup(device_spec: str) -> DistInfo:
@@ -119,8 +133,7 @@ def on_main(fn: Callable[[], T], info: DistInfo) -> T:
     if error is not None:
         raise error
     if not ok:
-        kind = UsageError if code == UsageError.exit_code else TrainingError
-        raise kind(f"stopped because rank 0 failed: {value}")
+        raise StoppedByRankZero(f"stopped because rank 0 failed: {value}", code)
     return value
 
 
