@@ -291,6 +291,7 @@ class PipelineConfig:
     gpu_refiner_side: int | None = None
     decode_workers: int = 4
     write_workers: int = 2
+    write_backlog: int = 4  # results waiting per writer thread before the networks pause for the disk
 
 
 @dataclass(frozen=True)
@@ -465,3 +466,6 @@ class BenchConfig:
     kernel_shapes: tuple[tuple[int, int, int, int], ...] = (
         (1, 32, 64, 64), (8, 32, 64, 64), (1, 32, 256, 256),
     )
+    kernel_repeats: int = 5  # interleaved rounds of the kernel timings (`bench ops`, the bare base forward)
+    cuda_kernel_repeats: int = 20  # CUDA kernel timings (events, after a synchronised warm-up)
+    warmup: int = 1

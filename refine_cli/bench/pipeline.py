@@ -19,9 +19,12 @@ import torch
 from refine_cli import io
 from refine_cli.bench.timing import median_seconds
 from refine_cli.bench.workload import write_synthetic_jpegs
+from refine_cli.config import BenchConfig
 from refine_cli.errors import InputError
 from refine_cli.pipeline import FolderOptions, Refiner, StageTimes
 from refine_cli.transforms import normalize, resize_images, resized_shape
+
+_BENCH = BenchConfig()
 
 BASE_ONLY, WITH_REFINER = "base only", "base + refiner"
 STAGES: tuple[str, ...] = ("decode", "base", "refiner", "write")
@@ -101,7 +104,7 @@ def bench_pipeline(
     device: str = "auto",
     batch_size: int | None = None,
     precision: str = "fp32",
-    repeats: int = 3,
+    repeats: int = _BENCH.repeats,
     workers: int | None = None,
     overlay: bool = True,
     compile: bool = False,
@@ -143,7 +146,7 @@ def bench_pipeline(
     runs = tuple(_folder_run(mode, walls[mode], stage_sums[mode], len(items)) for mode in modes)
     if progress is not None:
         progress("timing the base network's bare forward")
-    bare = bare_base_throughput(first, items, repeats=max(5, repeats))
+    bare = bare_base_throughput(first, items, repeats=max(_BENCH.kernel_repeats, repeats))
     return PipelineReport(
         source=source or ", ".join(str(p) for p in inputs),
         images=len(items),
@@ -186,7 +189,8 @@ def _folder_run(mode: str, walls: list[float], stages: StageTimes, n: int) -> Fo
     )
 
 
-def bare_base_throughput(model: Refiner, items: Sequence[io.InputItem], *, repeats: int = 5) -> float:
+def bare_base_throughput(model: Refiner, items: Sequence[io.InputItem], *,
+                         repeats: int = _BENCH.kernel_repeats) -> float:
     """Images per second of the base network's forward alone: one batch of `model.batch_size` images (the first
     image and the others of its size, repeated to fill the batch), decoded, moved to the device, resized and
     normalised as the base network asks, in the model's layout and precision, outside the timed call. The median
@@ -212,7 +216,7 @@ def bare_base_throughput(model: Refiner, items: Sequence[io.InputItem], *, repea
         with torch.inference_mode(), _autocast(engine.device, engine.precision):
             module(x)
 
-    return model.batch_size / median_seconds(forward, repeats=repeats, warmup=1)
+    return model.batch_size / median_seconds(forward, repeats=repeats, warmup=_BENCH.warmup)
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:

@@ -24,7 +24,8 @@ from refine_cli.ops import (
     resolve_backend,
 )
 
-DEFAULT_SHAPES = BenchConfig().kernel_shapes
+_BENCH = BenchConfig()
+DEFAULT_SHAPES = _BENCH.kernel_shapes
 # The universal refiner at 512 x 512: 3 class maps, each encoded to 16 hidden channels at half resolution,
 # 4 directions x 2 passes (refine_cli.models.spn.spn_universal).
 UNIVERSAL_512 = (1, 3, 16, 256, 256)
@@ -37,7 +38,8 @@ def default_backends(device: str = "cpu") -> tuple[str, ...]:
     return tuple(b for b in available_backends(device) if b != "reference")
 
 
-def interleaved_medians(calls: dict[Any, Callable[[], Any]], *, repeats: int = 5, warmup: int = 1) -> dict[Any, float]:
+def interleaved_medians(calls: dict[Any, Callable[[], Any]], *, repeats: int = _BENCH.kernel_repeats,
+                        warmup: int = _BENCH.warmup) -> dict[Any, float]:
     """Median wall seconds of each call, timed in rounds (every call once per round) so that load drifting on a shared
     machine hits all of them alike; CUDA is synchronised around each call."""
     for fn in calls.values():
@@ -96,7 +98,7 @@ def bench_propagate(
     shapes: Sequence[Sequence[int]] = DEFAULT_SHAPES,
     backends: Sequence[str] | None = None,
     *,
-    repeats: int = 5,
+    repeats: int = _BENCH.kernel_repeats,
     memory: bool = True,
     device: str = "cpu",
 ) -> list[PropagateResult]:
@@ -173,7 +175,7 @@ def bench_refiner_propagation(
     backends: Sequence[str] | None = None,
     *,
     shape: Sequence[int] = UNIVERSAL_512,
-    repeats: int = 5,
+    repeats: int = _BENCH.kernel_repeats,
     memory: bool = True,
     device: str = "cpu",
 ) -> list[RefinerPropagationResult]:
@@ -245,7 +247,7 @@ def bench_bandwidth(
     dtype: torch.dtype = torch.float16,
     backends: Sequence[str] | None = None,
     directions: Sequence[str] = DIRECTIONS,
-    repeats: int = 20,
+    repeats: int = _BENCH.cuda_kernel_repeats,
 ) -> list[BandwidthResult]:
     """Achieved memory bandwidth of one directional scan on CUDA: `scan_bytes` over the median CUDA-event time of
     the forward (no grad) and of the backward alone (graph kept, gradient of a fixed random weight). Compare with the

@@ -17,9 +17,12 @@ import torch
 from refine_cli import io
 from refine_cli.bench.timing import extra_peak_mib, median_seconds
 from refine_cli.bench.workload import write_synthetic_jpegs
+from refine_cli.config import BenchConfig
 from refine_cli.errors import UsageError
 from refine_cli.ops import resolve_backend
 from refine_cli.pipeline import Refiner
+
+_BENCH = BenchConfig()
 
 STAGES: tuple[str, ...] = ("base", "refiner")
 CPU_MEMORY = "extra peak resident memory of one call, in a fresh process (MiB)"
@@ -107,11 +110,11 @@ def bench_scaling(
     *,
     base: str | Path = "default",
     refiner: str | Path = "default",
-    sizes: Sequence[int] = (256, 512, 1024, 2048),
-    batches: Sequence[int] = (1, 4),
+    sizes: Sequence[int] = _BENCH.scaling_sizes,
+    batches: Sequence[int] = _BENCH.scaling_batches,
     device: str = "auto",
     precision: str = "fp32",
-    repeats: int = 3,
+    repeats: int = _BENCH.repeats,
     memory: bool = True,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
@@ -162,7 +165,7 @@ def _measure(model: Refiner, stage: str, size: int, batch: int, paths: Sequence[
              on_cuda: bool, base_path: str, refiner_path: str, precision: str) -> ScalingPoint:
     try:
         fn, classes = _stage_fn(model, stage, _batch(model.device, paths))
-        ms = 1e3 * median_seconds(fn, repeats=repeats, warmup=1) / batch
+        ms = 1e3 * median_seconds(fn, repeats=repeats) / batch
         peak = None
         if memory and on_cuda:
             peak = _cuda_peak_mib(fn, model.device)

@@ -11,8 +11,12 @@ from typing import Any
 
 import torch
 
+from refine_cli.config import BenchConfig
 
-def median_seconds(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> float:
+_BENCH = BenchConfig()
+
+
+def median_seconds(fn: Callable[[], Any], *, repeats: int = _BENCH.kernel_repeats, warmup: int = _BENCH.warmup) -> float:
     """Median wall time of `fn()` over `repeats` runs after `warmup` runs (CUDA synchronised when used)."""
     for _ in range(warmup):
         fn()

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from refine_cli import io, weights
-from refine_cli.config import IOConfig, Precision
+from refine_cli.config import IOConfig, PipelineConfig, Precision
 from refine_cli.io import working_size
 from refine_cli.labels import IGNORE_INDEX
 from refine_cli.errors import UsageError
@@ -241,7 +241,7 @@ class Engine:
     refiner: Network | None
     device: torch.device
     precision: str = Precision.fp32.value  # a `Precision` value
-    max_side: int | None = 2048
+    max_side: int | None = PipelineConfig().max_side
     max_pixels: int = IOConfig().max_image_pixels  # files over this many pixels are refused before decoding
     refiner_side: int | None = None
     channels_last: bool = False

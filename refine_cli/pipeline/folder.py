@@ -26,6 +26,7 @@ except ImportError:  # Windows: no advisory locks, so two runs on one folder are
     fcntl = None  # type: ignore[assignment]
 
 from refine_cli import io
+from refine_cli.config import PipelineConfig
 from refine_cli.errors import RefineError, UsageError
 from refine_cli.pipeline.engine import StageTimes
 from refine_cli.pipeline.stream import Failure, Job, RefineResult
@@ -275,12 +276,14 @@ def run_folder(
     palette: Palette,
     refine: Callable[[Iterable[Job]], Iterator[RefineResult | Failure]],
     masks_dir: Path | None = None,
-    writers: int = 2,
+    writers: int = PipelineConfig().write_workers,
+    backlog: int = PipelineConfig().write_backlog,
     times: StageTimes | None = None,
     claim: bool = True,
 ) -> Generator[FileEvent, None, None]:
     """Refine every item whose outputs are not all there yet (all of them with `overwrite`), writing results in a
-    background pool so inference never waits on the disk. Yields one FileEvent per item: "skipped" at once,
+    background pool of `writers` threads so inference never waits on the disk (it pauses while `backlog` results per
+    writer wait). Yields one FileEvent per item: "skipped" at once,
     "done" when its files are on disk, "failed" with a reason.
 
     claim: hold `out_dir` while running (`claim_output_folder`); False where the caller holds it for several
@@ -288,7 +291,7 @@ def run_folder(
     is raised again; after a Ctrl-C outside the generator, `drain_interrupted` collects them."""
     with claim_output_folder(out_dir) if claim else contextlib.nullcontext():
         yield from _run_folder(items, out_dir, options=options, palette=palette, refine=refine, masks_dir=masks_dir,
-                               writers=writers, times=times)
+                               writers=writers, backlog=backlog, times=times)
 
 
 def _run_folder(
@@ -300,6 +303,7 @@ def _run_folder(
     refine: Callable[[Iterable[Job]], Iterator[RefineResult | Failure]],
     masks_dir: Path | None,
     writers: int,
+    backlog: int,
     times: StageTimes | None,
 ) -> Generator[FileEvent, None, None]:
     planned: dict[Path, Outputs] = {}
@@ -349,7 +353,7 @@ def _run_folder(
             assert outcome.path is not None
             future = pool.submit(write_outputs, outcome, planned[outcome.path], palette, times)
             inflight.append((outcome, future))
-            while inflight and (inflight[0][1].done() or len(inflight) > 4 * max(1, writers)):
+            while inflight and (inflight[0][1].done() or len(inflight) > backlog * max(1, writers)):
                 yield oldest()
         while inflight:
             yield oldest()
