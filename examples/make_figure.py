@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from refine_cli import Refiner, io
+from refine_cli.labels import boundary_map
 
 HERE = Path(__file__).resolve().parent
 PHOTOS = ("astronaut.jpg", "coffee.jpg")
@@ -30,7 +31,7 @@ def panel(image: np.ndarray, labels: np.ndarray | None, palette: list[tuple[int,
     else:
         colour = io.colorize(labels, palette).astype(np.float32)
         out = ((1 - ALPHA) * image + ALPHA * colour).astype(np.uint8)
-        out[io.boundary_map(labels)] = 255
+        out[boundary_map(labels)] = 255
     tile = Image.fromarray(out)
     return tile.resize((round(tile.width * TILE / tile.height), TILE), Image.Resampling.LANCZOS)
 

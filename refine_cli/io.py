@@ -25,7 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from refine_cli.config import IOConfig
 from refine_cli.errors import InputError, UsageError
-from refine_cli.labels import IGNORE_INDEX, voc_palette
+from refine_cli.labels import IGNORE_INDEX, boundary_map, voc_palette
 
 _IO = IOConfig()
 IMAGE_SUFFIXES: tuple[str, ...] = _IO.image_suffixes
@@ -868,22 +868,6 @@ def write_binary_mask(path: str | Path, labels: np.ndarray) -> None:
     img = Image.fromarray((labels != 0).astype(np.uint8) * 255)  # 2-D uint8: mode "L"
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG", optimize=False)
-
-
-def boundary_map(labels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """Bool (H, W): True where a pixel's label differs from its right or lower neighbour, a 1-pixel line on
-    the upper/left side of every label change. With `valid` (bool (H, W)), a change counts only between
-    two valid pixels. The one boundary definition of the package: overlays and the boundary F use it."""
-    labels = np.asarray(labels)
-    edges = np.zeros(labels.shape, dtype=bool)
-    right = labels[:, :-1] != labels[:, 1:]
-    down = labels[:-1, :] != labels[1:, :]
-    if valid is not None:
-        right &= valid[:, :-1] & valid[:, 1:]
-        down &= valid[:-1, :] & valid[1:, :]
-    edges[:, :-1] |= right
-    edges[:-1, :] |= down
-    return edges
 
 
 def write_overlay(

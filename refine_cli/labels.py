@@ -1,7 +1,9 @@
-"""Class names and colour palettes: the PASCAL VOC defaults every checkpoint and mask writer falls back on, and
-CamVid's."""
+"""Label maps: class names and colour palettes (the PASCAL VOC defaults every checkpoint and mask writer falls back
+on, and CamVid's), and the one definition of a boundary between labels."""
 
 from __future__ import annotations
+
+import numpy as np
 
 VOC_CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -34,3 +36,19 @@ def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
             c >>= 3
         palette.append((r, g, b))
     return palette
+
+
+def boundary_map(labels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Bool (H, W): True where a pixel's label differs from its right or lower neighbour, a 1-pixel line on
+    the upper/left side of every label change. With `valid` (bool (H, W)), a change counts only between
+    two valid pixels. The one boundary definition of the package: overlays and the boundary F use it."""
+    labels = np.asarray(labels)
+    edges = np.zeros(labels.shape, dtype=bool)
+    right = labels[:, :-1] != labels[:, 1:]
+    down = labels[:-1, :] != labels[1:, :]
+    if valid is not None:
+        right &= valid[:, :-1] & valid[:, 1:]
+        down &= valid[:-1, :] & valid[1:, :]
+    edges[:, :-1] |= right
+    edges[:-1, :] |= down
+    return edges

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from refine_cli.errors import InputError, UsageError
-from refine_cli.io import boundary_map
-from refine_cli.labels import IGNORE_INDEX
+from refine_cli.labels import IGNORE_INDEX, boundary_map
 
 LabelMap = np.ndarray | torch.Tensor
 
@@ -213,7 +212,7 @@ def boundary_f(
 ) -> BoundaryScore:
     """Class-agnostic boundary F-score of one (H, W) label map against its ground truth.
 
-    Boundaries are `refine_cli.io.boundary_map` of each map (any change of label, whatever the classes). A predicted
+    Boundaries are `refine_cli.labels.boundary_map` of each map (any change of label, whatever the classes). A predicted
     boundary pixel is matched when a ground-truth boundary pixel lies within `tolerance_px` (Euclidean,
     from OpenCV's exact distance transform), and a ground-truth boundary pixel when a predicted one does;
     precision = matched predicted / predicted, recall = matched true / true, F = their harmonic mean. As in
