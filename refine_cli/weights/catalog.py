@@ -62,7 +62,7 @@ def _tv_trunk(name: str, file_name: str, trunk: str, description: str) -> Remote
     )
 
 
-# mIoU as reported by torchvision for its COCO-trained, VOC-class checkpoints (SPN.md section 2).
+# mIoU as reported by torchvision's model documentation for its COCO-trained, VOC-class checkpoints.
 REMOTE_FILES: Mapping[str, RemoteFile] = MappingProxyType({
     f.name: f for f in (
         _tv_seg("fcn_resnet50_coco", "fcn_resnet50_coco-1167a1af.pth", "fcn_resnet50", 60.5,
