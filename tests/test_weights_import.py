@@ -92,7 +92,7 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("REFINE_CLI_BUNDLED", str(tmp_path / "bundled"))
     models = {
         **registry.MODELS,
-        "tiny_tv": registry.ModelSpec(tiny_tv, "base", IMAGENET, "tiny torchvision-layout net"),
+        "tiny_tv": registry.ModelSpec(tiny_tv, "base", IMAGENET, "tiny torchvision-layout net", aux_head=True),
         "tiny_fcn": registry.ModelSpec(tiny_fcn, "base", CAFFE_FCN, "tiny Caffe-FCN-layout net"),
         "tiny_later": registry.ModelSpec(unavailable, "base", IMAGENET, "not built yet"),
         "tiny_data_init": registry.ModelSpec(tiny_data_init, "base", CAFFE_FCN, "needs real tensors to build"),

@@ -27,6 +27,9 @@ class ModelSpec:
     defaults: builder arguments fixed by this name.
     trunk: the ImageNet trunk checkpoint (a `weights` name) used to initialise training, if any.
     trainable: False for a network with nothing to learn (its settings are its arguments).
+    fixed_classes: a refiner built for one class count (its builder takes `classes`), not a universal one.
+    aux_head: a base network whose builder switches an auxiliary head on and off (`aux_loss`).
+    What a built network can do beyond its forward is declared by refine_cli/models/contract.py.
     """
 
     builder: Callable[..., nn.Module]
@@ -36,6 +39,8 @@ class ModelSpec:
     defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     trunk: str | None = None
     trainable: bool = True
+    fixed_classes: bool = False
+    aux_head: bool = False
 
 
 def _fixed(**kwargs: Any) -> Mapping[str, Any]:
@@ -91,27 +96,27 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
     # torchvision-compatible dilated ResNet / MobileNetV3 models.
     "fcn_resnet50": ModelSpec(
         segmentation.fcn_resnet, "base", IMAGENET, "FCN head on dilated ResNet-50 (torchvision layout)",
-        defaults=_fixed(depth=50), trunk="resnet50",
+        defaults=_fixed(depth=50), trunk="resnet50", aux_head=True,
     ),
     "fcn_resnet101": ModelSpec(
         segmentation.fcn_resnet, "base", IMAGENET, "FCN head on dilated ResNet-101 (torchvision layout)",
-        defaults=_fixed(depth=101), trunk="resnet101",
+        defaults=_fixed(depth=101), trunk="resnet101", aux_head=True,
     ),
     "deeplabv3_resnet50": ModelSpec(
         segmentation.deeplabv3_resnet, "base", IMAGENET, "DeepLabV3 on dilated ResNet-50 (torchvision layout)",
-        defaults=_fixed(depth=50), trunk="resnet50",
+        defaults=_fixed(depth=50), trunk="resnet50", aux_head=True,
     ),
     "deeplabv3_resnet101": ModelSpec(
         segmentation.deeplabv3_resnet, "base", IMAGENET, "DeepLabV3 on dilated ResNet-101 (torchvision layout)",
-        defaults=_fixed(depth=101), trunk="resnet101",
+        defaults=_fixed(depth=101), trunk="resnet101", aux_head=True,
     ),
     "deeplabv3_resnet50_compact": ModelSpec(
         segmentation.deeplabv3_resnet, "base", IMAGENET, "DeepLabV3 on a quarter-width dilated ResNet-50",
-        defaults=_fixed(depth=50, width=0.25, aux_loss=False),
+        defaults=_fixed(depth=50, width=0.25, aux_loss=False), aux_head=True,
     ),
     "deeplabv3_mobilenet_v3_large": ModelSpec(
         segmentation.deeplabv3_mobilenet_v3_large, "base", IMAGENET,
-        "DeepLabV3 on MobileNetV3-Large (torchvision layout)",
+        "DeepLabV3 on MobileNetV3-Large (torchvision layout)", aux_head=True,
     ),
     # Light-weight networks of Mehta et al., key for key their released files (sacmehta/ESPNet, sacmehta/EdgeNets).
     # No ImageNet trunk initialises them here; the released files carry their own input (see weights/importers.py).
@@ -143,7 +148,7 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
     ),
     "spn_voc21": ModelSpec(
         spn.spn_voc21, "refiner", IMAGENET, "SPN as released for VOC: 21 classes in, 32 hidden channels",
-        trunk="vgg16",
+        trunk="vgg16", fixed_classes=True,
     ),
 })
 

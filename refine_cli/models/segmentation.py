@@ -11,10 +11,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from refine_cli.errors import WeightsError
 from refine_cli.models.common import SegOutput, scaled
 from refine_cli.models.heads import ASPP_CHANNELS, DeepLabHead, FCNHead
 from refine_cli.models.mobilenetv3 import MobileNetV3Trunk
 from refine_cli.models.resnet import DilatedResNet
+from refine_cli.transforms import IMAGENET, Preprocess
 
 
 class Segmenter(nn.Module):
@@ -46,10 +48,16 @@ class Segmenter(nn.Module):
             return SegOutput(out, None)
         return SegOutput(out, self._to_input_size(self.aux_classifier(features.aux), x))
 
-    def load_imagenet_trunk(self, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    def load_imagenet_trunk(
+        self, state_dict: Mapping[str, torch.Tensor], *, preprocess: Preprocess | None = None
+    ) -> list[str]:
         """Initialise `backbone.*` from torchvision's ImageNet classification checkpoint of this trunk
         (its classifier ignored). Raises `WeightsError` for width != 1, unknown or missing keys and shape
-        mismatches, before changing anything. Returns the model keys set (`backbone.` + trunk key)."""
+        mismatches, and for an input other than torchvision's (`preprocess`: ImageNet-normalised RGB), before
+        changing anything. Returns the model keys set (`backbone.` + trunk key)."""
+        if preprocess is not None and preprocess != IMAGENET:
+            raise WeightsError(f"the {type(self.backbone).__name__} trunk takes ImageNet-normalised RGB, not "
+                               f"{preprocess}")
         return [f"backbone.{key}" for key in self.backbone.load_imagenet(state_dict)]
 
 

@@ -20,6 +20,7 @@ from refine_cli.data import Sample
 from refine_cli.errors import UsageError
 from refine_cli.labels import IGNORE_INDEX
 from refine_cli.metrics import ConfusionMatrix
+from refine_cli.models.contract import TrainsWithAux
 from refine_cli.train.common import (
     SeededSamples,
     data_fingerprint,
@@ -140,7 +141,7 @@ class BaseTask(TrainTask):
         self.arch = config.arch
         self.arch_args = models.arch_args(config.arch, num_classes=len(self.classes), **config.arch_args)
         model = models.build(config.arch, **self.arch_args)
-        if not callable(getattr(model, "forward_train", None)):
+        if not isinstance(model, TrainsWithAux):
             raise UsageError(f"'{config.arch}' has no training forward (forward_train)")
         if config.init_from:
             init = init_from_checkpoint(model, config.init_from, arch=config.arch, emit=emit)

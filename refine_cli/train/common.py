@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from refine_cli.data import SegmentationDataset, ensure_valid, open_dataset
 from refine_cli.errors import UsageError, WeightsError
 from refine_cli.metrics import ConfusionMatrix
 from refine_cli.models import ModelSpec
+from refine_cli.models.contract import HasStages, LoadsImageNetTrunk
 from refine_cli import distributed
 from refine_cli.distributed import DistInfo
 from refine_cli.train.events import EventFn, Note
@@ -66,7 +66,7 @@ def val_name(cfg: DataConfig) -> str | None:
 def _trunk_owner(model: nn.Module) -> nn.Module | None:
     """The module that knows how to load an ImageNet trunk: the network itself, else its first sub-module with
     `load_imagenet_trunk` (the SPN refiner's guidance network)."""
-    return next((m for m in model.modules() if callable(getattr(m, "load_imagenet_trunk", None))), None)
+    return next((m for m in model.modules() if isinstance(m, LoadsImageNetTrunk)), None)
 
 
 def init_trunk(model: nn.Module, spec: ModelSpec, mode: str, emit: EventFn) -> str:
@@ -91,10 +91,8 @@ def init_trunk(model: nn.Module, spec: ModelSpec, mode: str, emit: EventFn) -> s
         emit(Note(f"initialisation: from scratch ({exc})"))
         return "scratch"
     state = weights.read_torch_file(path)
-    takes_preprocess = "preprocess" in inspect.signature(owner.load_imagenet_trunk).parameters
-    kwargs = {"preprocess": spec.preprocess} if takes_preprocess else {}
     try:
-        keys = owner.load_imagenet_trunk(state, **kwargs)
+        keys = owner.load_imagenet_trunk(state, preprocess=spec.preprocess)
     except WeightsError as exc:
         if mode == "imagenet":
             raise
@@ -139,10 +137,9 @@ def freeze_for_stage(model: nn.Module, stage: str | None, arch: str) -> None:
     trained front end's outputs)."""
     if stage is None:
         return
-    select = getattr(model, "trainable_parameters", None)
-    if not callable(select):
+    if not isinstance(model, HasStages):
         raise UsageError(f"--stage {stage}: the network '{arch}' has no training stages; drop --stage")
-    chosen = {id(p) for p in select(stage)}
+    chosen = {id(p) for p in model.trainable_parameters(stage)}
     if not chosen:
         raise UsageError(f"--stage {stage} leaves nothing to train in '{arch}'")
     for p in model.parameters():

@@ -25,12 +25,13 @@ import torch
 from torch import nn
 
 import refine_cli
+from refine_cli import distributed
 from refine_cli.config import Amp, Optimizer
 from refine_cli.device import cpu_name, describe
-from refine_cli.errors import TrainingError, UsageError
-from refine_cli import distributed
-from refine_cli.train.curve import draw_curve
 from refine_cli.distributed import DistInfo
+from refine_cli.errors import TrainingError, UsageError
+from refine_cli.models.contract import ReportsScalars
+from refine_cli.train.curve import draw_curve
 from refine_cli.train.events import Checkpointed, Evaluated, Event, EventFn, Finished, Note, Started, StepLogged
 from refine_cli.train.metrics_log import MetricsLog, read_records
 from refine_cli.train.order import derive_seed, stream_state
@@ -449,9 +450,8 @@ class _Run:
             "step_s": step_s, "time": self.elapsed(),
         }
         # Scalars the network reports about itself (e.g. an adaptive receptive field's learned factor).
-        scalars = getattr(self.task.model, "training_scalars", None)
-        if callable(scalars):
-            record.update({k: float(v) for k, v in scalars().items() if k not in record})
+        if isinstance(self.task.model, ReportsScalars):
+            record.update({k: float(v) for k, v in self.task.model.training_scalars().items() if k not in record})
         self.metrics.append(record)
         self.emit(StepLogged(done, self.loop.steps, record["loss"], self.lr, record["images_per_s"], step_s,
                              (self.loop.steps - done) * step_s, record["time"]))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -106,7 +105,7 @@ class RefinerTask(TrainTask):
         self.arch = config.arch
         self.arch_args = models.arch_args(config.arch, **config.arch_args)
         # A joint refiner (the released VOC form) takes exactly the dataset's classes; the universal one any number.
-        self.joint = "classes" in inspect.signature(self.spec.builder).parameters
+        self.joint = self.spec.fixed_classes
         if self.joint:
             given = self.arch_args.setdefault("classes", len(self.classes))
             if given != len(self.classes):

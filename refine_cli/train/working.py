@@ -29,6 +29,7 @@ from refine_cli.data.working_crops import WorkingCrop, working_crop
 from refine_cli.errors import UsageError
 from refine_cli.labels import IGNORE_INDEX
 from refine_cli.metrics import BoundaryF, ConfusionMatrix
+from refine_cli.models.contract import Refines
 from refine_cli.models.spn import class_map
 from refine_cli import distributed
 from refine_cli.train.common import (
@@ -132,7 +133,7 @@ class WorkingRefinerTask(TrainTask):
         self.arch = config.arch
         self.arch_args = models.arch_args(config.arch, **config.arch_args)
         model = models.build(config.arch, **self.arch_args)
-        if not getattr(model, "per_class", False):
+        if not (isinstance(model, Refines) and model.per_class):
             raise UsageError(f"--crops working trains universal refiners (class-agnostic); '{config.arch}' takes a "
                              "fixed class count: use --crops released")
         if config.coarse not in COARSE_MODES:

@@ -7,7 +7,6 @@ and palette.
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -147,10 +146,10 @@ def extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     raise WeightsError(f"{path} holds a {type(obj).__name__} with no state dict of tensors in it")
 
 
-def _accepts(arch: str, arg: str) -> bool:
+def _has_aux_head(arch: str) -> bool:
     from refine_cli.models import registry
 
-    return arg in inspect.signature(registry.spec(arch).builder).parameters
+    return registry.spec(arch).aux_head
 
 
 def expected_state(arch: str, arch_args: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -226,7 +225,7 @@ def _fit(
     expected = expected_state(arch, arch_args)
     _fill_batchnorm_counters(expected, state)
     problem = state_dict_mismatch(expected, state)
-    if problem and _accepts(arch, "aux_loss"):
+    if problem and _has_aux_head(arch):
         has_aux = any(k.startswith(_AUX_PREFIX) for k in state)
         if arch_args.get("aux_loss", not has_aux) != has_aux:
             alt_args = {**arch_args, "aux_loss": has_aux}
