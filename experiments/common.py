@@ -10,7 +10,6 @@ import importlib.util
 import json
 import math
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +24,7 @@ from refine_cli import models, weights
 from refine_cli.config import BaseAugmentConfig, BaseTrainConfig, DataConfig, LoopConfig, OptimConfig, Optimizer
 from refine_cli.data import open_dataset
 from refine_cli.device import cpu_name
-from refine_cli.errors import RefineError, TrainingError, UsageError
+from refine_cli.errors import DivergedError, RefineError, UsageError
 from refine_cli.io import atomic_write
 from refine_cli.train import BaseTask, Event, Note, StepLogged, TrainTask, run_training
 from refine_cli.train.common import val_name
@@ -39,7 +38,6 @@ RESULTS = Path("experiments/results")
 RUNS = Path("runs/experiments")  # /runs/ is git-ignored
 SETTINGS = "experiment.json"  # what a run folder was started with (config + the experiment's own settings)
 DIVERGED = "diverged.json"  # written when a run stopped on a non-finite loss, so a re-run does not repeat it
-_STEP_RE = re.compile(r"at step (\d+)")
 
 
 @dataclass(frozen=True)
@@ -242,7 +240,7 @@ def train_run(
     A folder holding `model.pt` is reused; one holding `last.pt` only (a killed run) is resumed; one holding
     `diverged.json` is reported as diverged again. `settings` (the experiment's choices that `config` does not
     hold) and `config` are written to `experiment.json`; a folder started with others is refused.
-    A non-finite loss (TrainingError from the loop) ends the run as "diverged at step S", not the experiment.
+    A non-finite loss or weights (DivergedError from the loop) ends the run as "diverged at step S", not the experiment.
     build_task: the task to train (default `BaseTask`, as `train_base`)."""
     run_dir = Path(run_dir)
     wanted = _plain({"config": asdict(config), "settings": dict(settings or {})})
@@ -263,11 +261,8 @@ def train_run(
     try:
         result = run_training(config=config, run_dir=run_dir, build_task=task, resume=(run_dir / LAST).is_file(),
                               on_event=on_event)
-    except TrainingError as exc:
-        match = _STEP_RE.search(str(exc))
-        if match is None or "loss became" not in str(exc):
-            raise  # not a divergence (e.g. a resume with other settings)
-        step, seconds = int(match.group(1)), time.perf_counter() - start
+    except DivergedError as exc:
+        step, seconds = exc.step, time.perf_counter() - start
         record = {"step": step, "message": str(exc), "train_seconds": seconds}
         atomic_write(diverged, lambda f: f.write((json.dumps(record, indent=1) + "\n").encode()))
         return RunOutcome(name, run_dir, None, None, step, str(exc), seconds, False, read_records(run_dir / METRICS))

@@ -65,3 +65,11 @@ class DatasetNotFoundError(DataError, UsageError):
 
 class TrainingError(RefineError):
     """Training cannot go on (non-finite loss, incompatible resume)."""
+
+
+class DivergedError(TrainingError):
+    """The loss or the weights became NaN or infinite by `step`: the run stopped there."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step

@@ -29,7 +29,7 @@ from refine_cli import distributed
 from refine_cli.config import Amp, Optimizer
 from refine_cli.device import cpu_name, describe
 from refine_cli.distributed import DistInfo
-from refine_cli.errors import TrainingError, UsageError
+from refine_cli.errors import DivergedError, TrainingError, UsageError
 from refine_cli.models.contract import ReportsScalars
 from refine_cli.train.curve import draw_curve
 from refine_cli.train.events import Checkpointed, Evaluated, Event, EventFn, Finished, Note, Started, StepLogged
@@ -410,7 +410,7 @@ class _Run:
             self.optimizer.step()
         return loss_value
 
-    def _non_finite(self, value: float, step: int) -> TrainingError:
+    def _non_finite(self, value: float, step: int) -> DivergedError:
         """The error for a NaN or infinite loss in the forward pass of `step` (1-based): it ran on the weights of
         step - 1."""
         if self.saved_step == step - 1:
@@ -418,13 +418,13 @@ class _Run:
                     "(--resume would run the same batch on them again)")
         else:
             kept = self._kept()
-        return TrainingError(f"loss became {value} at step {step}; {kept}; {self._hints()}")
+        return DivergedError(f"loss became {value} at step {step}; {kept}; {self._hints()}", step)
 
-    def _diverged(self, step: int, problem: str) -> TrainingError:
+    def _diverged(self, step: int, problem: str) -> DivergedError:
         """The error for weights or optimizer state that became NaN or infinite by `step`, found before writing
         them."""
-        return TrainingError(f"the weights went bad by step {step} and were not saved ({problem}); "
-                             f"{self._kept()}; {self._hints()}")
+        return DivergedError(f"the weights went bad by step {step} and were not saved ({problem}); "
+                             f"{self._kept()}; {self._hints()}", step)
 
     def _kept(self) -> str:
         if self.saved_step is None:

@@ -200,7 +200,7 @@ def test_profile_refiner_script_times_every_stage(decode_at: str, order: list[st
     lines = result.stdout.splitlines()
     assert "32x32, 3 class maps" in lines[0]
     stages = [line.split()[0] for line in lines[1:]]
-    assert stages == ["guidance", "encoder", "propagation", *order, "sum", "whole"]
+    assert stages == ["guidance", "encoder", "propagation", *order, "sum"]
     percents = [float(line.split()[-2]) for line in lines[1:6]]
     assert sum(percents) == pytest.approx(100, abs=0.5)
 
