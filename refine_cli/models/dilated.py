@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refine_cli.errors import WeightsError
+from refine_cli.errors import UsageError, WeightsError
 from refine_cli.models.adaptive_rf import (
     AdaptiveReceptiveField,
     AdaptiveRFMixin,
@@ -19,7 +19,7 @@ from refine_cli.models.adaptive_rf import (
     vgg_trunk_field,
 )
 from refine_cli.models.common import SegOutput
-from refine_cli.models.vgg import CONV_NAMES, VGG16Trunk, convolutionalised_fc
+from refine_cli.models.vgg import VGG16Trunk, convolutionalised_fc
 from refine_cli.transforms import IMAGENET, Preprocess
 
 Padding = Literal["reflect", "same"]
@@ -217,17 +217,12 @@ class DilatedNet(AdaptiveRFMixin, VGG16Trunk):
         same = padding == "same"
         super().__init__(
             width=width,
-            conv1_padding=1 if same else 0,
             pool_kernel=2,
-            pool_strides=(2, 2, 2, 1, 1),
+            pools=(True, True, True, False, False),
+            pad_convs=same,  # the authors' front end pads none of its convs
             conv5_dilation=CONV5_DILATION,
             batch_norm=batch_norm,
         )
-        self.pool4 = nn.Identity()  # removed in the front end; the trunk's forward still calls them
-        self.pool5 = nn.Identity()
-        if not same:
-            for name in CONV_NAMES:  # the trunk pads its 3x3 convs; the authors' front end does not
-                getattr(self, name).padding = (0, 0)
         self.num_classes = num_classes
         self.fc_channels = fc_channels
         self.padding = padding
@@ -261,7 +256,7 @@ class DilatedNet(AdaptiveRFMixin, VGG16Trunk):
             bottom = REFLECT_MARGIN + OUTPUT_STRIDE * _cells(height) - height
             right = REFLECT_MARGIN + OUTPUT_STRIDE * _cells(width) - width
             x = _reflect_pad(x, REFLECT_MARGIN, bottom, REFLECT_MARGIN, right)
-        conv5 = self.forward_trunk(x).pool5  # pool5 is removed: this is conv5_3
+        conv5 = self.forward_trunk(x).pool5  # there is no pool5: this is conv5_3
         h = conv5 if self.rf is None else self.rf.inflate(conv5)
         h = self.drop6(F.relu(self.fc6(h), inplace=True))
         h = self.drop7(F.relu(self.fc7(h), inplace=True))
@@ -356,14 +351,14 @@ class DilatedNet(AdaptiveRFMixin, VGG16Trunk):
     def trainable_parameters(self, stage: str) -> list[nn.Parameter]:
         """What each training stage updates (the trainer's `--stage` hook): "frontend" the front end,
         "context" the context module (the paper's second stage, on a trained front end), "joint"
-        everything (the authors' optional third stage). Any other stage: nothing."""
+        everything (the authors' optional third stage)."""
         if stage == "frontend":
             return list(self.frontend_parameters())
         if stage == "context":
             return list(self.context_parameters())
         if stage == "joint":
             return list(self.parameters())
-        return []
+        raise UsageError(f"unknown training stage '{stage}' for a DilatedNet; choose frontend, context or joint")
 
     def freeze_frontend(self, frozen: bool = True) -> None:
         """The paper's second stage: front-end parameters stop requiring gradients (and the front end

@@ -60,6 +60,7 @@ class DeepLabLargeFOV(AdaptiveRFMixin, VGG16Trunk):
         adaptive_rf: bool = False,
         rf_init: float = 1.0,
         batch_norm: bool = False,
+        fc8: bool = True,
     ) -> None:
         if num_classes < 1 or fc_channels < 1:
             raise ValueError(f"num_classes and fc_channels must be positive: {num_classes}, {fc_channels}")
@@ -80,12 +81,14 @@ class DeepLabLargeFOV(AdaptiveRFMixin, VGG16Trunk):
         self.drop6 = nn.Dropout(0.5)
         self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
         self.drop7 = nn.Dropout(0.5)
-        self.fc8 = nn.Conv2d(fc_channels, num_classes, 1)
+        if fc8:  # a network with a head of its own (ParseNet) builds it instead and overrides `classify`
+            self.fc8 = nn.Conv2d(fc_channels, num_classes, 1)
         for fc in (self.fc6, self.fc7):
             nn.init.kaiming_normal_(fc.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(fc.bias)
-        nn.init.normal_(self.fc8.weight, std=0.01)
-        nn.init.zeros_(self.fc8.bias)
+        if fc8:
+            nn.init.normal_(self.fc8.weight, std=0.01)
+            nn.init.zeros_(self.fc8.bias)
         self.rf: AdaptiveReceptiveField | None = None
         if adaptive_rf:
             self.rf = AdaptiveReceptiveField(rf_init)

@@ -126,9 +126,8 @@ class ParseNet(DeepLabLargeFOV):
     ) -> None:
         super().__init__(
             num_classes=num_classes, width=width, fc_channels=fc_channels, adaptive_rf=adaptive_rf,
-            rf_init=rf_init, batch_norm=batch_norm,
+            rf_init=rf_init, batch_norm=batch_norm, fc8=False,
         )
-        del self.fc8  # the head is the classifier
         self.head = ParseNetHead(
             fc_channels, num_classes, fusion=fusion, context=context, l2norm=l2norm, scale_init=scale_init
         )

@@ -48,6 +48,10 @@ class VGG16Trunk(nn.Module):
     conv1_padding: padding of conv1_1 (FCN uses 100 so that any input survives the 7x7 fc6).
     pool_kernel, pool_padding: of all five pools (2/0 in VGG and FCN, 3/1 in DeepLab).
     pool_strides: per pool (DeepLab-LargeFOV keeps pool4 and pool5 at stride 1).
+    pools: which of the five pools exist (the DilatedNet front end has none after blocks 4 and 5); a missing pool
+        passes its block's output on, and `forward_trunk` reports it under the pool's name.
+    pad_convs: False leaves every 3x3 conv unpadded (the DilatedNet front end's "valid" convolutions; conv1_1's
+        `conv1_padding` included).
     conv5_dilation: dilation (= padding) of conv5_1..conv5_3 (2 in DeepLab, restoring the field of view
         lost with pool4's stride).
     batch_norm: a BatchNorm after every conv (`bn1_1` ... `bn5_3`), as in torchvision's vgg16_bn. Not in any
@@ -68,14 +72,17 @@ class VGG16Trunk(nn.Module):
         pool_kernel: int = 2,
         pool_padding: int = 0,
         pool_strides: Sequence[int] = (2, 2, 2, 2, 2),
+        pools: Sequence[bool] = (True, True, True, True, True),
+        pad_convs: bool = True,
         conv5_dilation: int = 1,
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if width <= 0:
             raise ValueError(f"width must be positive, got {width}")
-        if len(pool_strides) != len(VGG16_BLOCKS):
-            raise ValueError(f"pool_strides needs {len(VGG16_BLOCKS)} values, got {tuple(pool_strides)}")
+        if len(pool_strides) != len(VGG16_BLOCKS) or len(pools) != len(VGG16_BLOCKS):
+            raise ValueError(f"pool_strides and pools need {len(VGG16_BLOCKS)} values each, got "
+                             f"{tuple(pool_strides)}, {tuple(pools)}")
         self.width = width
         self.batch_norm = batch_norm
         self.block_channels = tuple(scaled(c, width) for c, _ in VGG16_BLOCKS)
@@ -89,15 +96,13 @@ class VGG16Trunk(nn.Module):
                     pad = dil = conv5_dilation
                 else:
                     pad, dil = 1, 1
-                setattr(self, f"conv{b + 1}_{i + 1}", nn.Conv2d(c_in, c_out, 3, padding=pad, dilation=dil))
+                setattr(self, f"conv{b + 1}_{i + 1}",
+                        nn.Conv2d(c_in, c_out, 3, padding=pad if pad_convs else 0, dilation=dil))
                 if batch_norm:
                     setattr(self, f"bn{b + 1}_{i + 1}", nn.BatchNorm2d(c_out))
                 c_in = c_out
-            setattr(
-                self,
-                f"pool{b + 1}",
-                nn.MaxPool2d(pool_kernel, stride=pool_strides[b], padding=pool_padding, ceil_mode=True),
-            )
+            pool = nn.MaxPool2d(pool_kernel, stride=pool_strides[b], padding=pool_padding, ceil_mode=True)
+            setattr(self, f"pool{b + 1}", pool if pools[b] else nn.Identity())
         for name in CONV_NAMES:
             conv = getattr(self, name)
             # torchvision's VGG initialisation, for training from scratch (compact widths).

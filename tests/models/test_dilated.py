@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from refine_cli.errors import WeightsError
+from refine_cli.errors import UsageError, WeightsError
 from refine_cli.models import registry
 from refine_cli.models.common import SegOutput
 from refine_cli.models.dilated import (
@@ -203,7 +203,9 @@ def test_stage_hook_names_each_stages_parameters() -> None:
     ids = {stage: {id(p) for p in model.trainable_parameters(stage)} for stage in stages}
     assert ids["context"] == {id(p) for p in model.context.parameters()}
     assert ids["frontend"] | ids["context"] == ids["joint"] == {id(p) for p in model.parameters()}
-    assert not ids["frontend"] & ids["context"] and model.trainable_parameters("decoder") == []
+    assert not ids["frontend"] & ids["context"]
+    with pytest.raises(UsageError, match="unknown training stage 'decoder'"):
+        model.trainable_parameters("decoder")
     # The trainer's generic freeze (requires_grad on the stage's parameters only), then train():
     for p in model.parameters():
         p.requires_grad_(id(p) in ids["context"])
