@@ -14,7 +14,8 @@ import torch
 import refine_cli.data
 from refine_cli.config import SynthConfig
 from refine_cli.data import SYNTH_CLASSES, SynthDataset, VOCSegmentation, generate, render, validate
-from refine_cli.data.synth import _rasterise, _Shape, _ellipse, texture_pool
+from refine_cli.data.synth import texture_pool
+from refine_cli.data.synth.shapes import Shape, ellipse, rasterise
 from refine_cli.errors import UsageError
 
 
@@ -82,8 +83,8 @@ def test_every_image_shows_objects_and_all_classes_occur():
 
 def test_shapes_are_antialiased_and_labels_take_the_majority():
     r = 9.3
-    shape = _Shape([(_ellipse(20.2, 17.6, r, r, 0.0, n=256), 255)], [])
-    alpha, (y0, x0, y1, x1) = _rasterise(shape, 40, 40, 4)
+    shape = Shape([(ellipse(20.2, 17.6, r, r, 0.0, n=256), 255)], [])
+    alpha, (y0, x0, y1, x1) = rasterise(shape, 40, 40, 4)
     # coverage integrates to the area; cv2 fills the subpixels its edges touch, growing the shape by about
     # half a subpixel (1/8 px at 4x), the same in image and label
     grown = r + 0.5 / 4
@@ -93,14 +94,14 @@ def test_shapes_are_antialiased_and_labels_take_the_majority():
     # the label rule (class covering most of the pixel) gives about the same area
     assert abs(int((alpha > 0.5).sum()) - math.pi * grown * grown) < 0.05 * math.pi * grown * grown
     # a shape cut by the border is clipped, one entirely outside draws nothing
-    cut = _rasterise(_Shape([(_ellipse(0.0, 20.0, 6.0, 6.0, 0.0), 255)], []), 40, 40, 4)
+    cut = rasterise(Shape([(ellipse(0.0, 20.0, 6.0, 6.0, 0.0), 255)], []), 40, 40, 4)
     assert cut[1][1] == 0 and math.isclose(float(cut[0].sum()), math.pi * 36 / 2, rel_tol=0.05)
-    assert _rasterise(_Shape([(_ellipse(-20.0, 20.0, 6.0, 6.0, 0.0), 255)], []), 40, 40, 4) is None
+    assert rasterise(Shape([(ellipse(-20.0, 20.0, 6.0, 6.0, 0.0), 255)], []), 40, 40, 4) is None
 
 
 def test_thin_lines_survive_as_labels():
-    shape = _Shape([], [(np.array([[5.0, 10.3], [35.0, 12.1]]), 2.0)])
-    alpha, _ = _rasterise(shape, 24, 40, 4)
+    shape = Shape([], [(np.array([[5.0, 10.3], [35.0, 12.1]]), 2.0)])
+    alpha, _ = rasterise(shape, 24, 40, 4)
     # about 30 px long and 2 px wide (plus round caps): far from the 30 of a 1 px line or the 90 of a 3 px one
     assert 50 <= int((alpha > 0.5).sum()) <= 85
 
