@@ -4,7 +4,7 @@ Each checkpoint is evaluated on the synthetic world's val split (seed 0, 2000 im
 identical to the files `refine-cli data synth` writes) after it is stored in half precision, so the numbers are those
 of the shipped file. The dense CRF baseline's settings are first tuned by a small grid search on training images.
 The numbers go into each checkpoint's metadata ("metrics") and are printed as the model card's tables; a test
-(tests/test_bundled.py) re-checks the `synth_val_first16` subset.
+(tests/weights/test_bundled.py) re-checks the `synth_val_first16` subset.
 
     .venv/bin/python weights/bundle.py --fcn RUN --lfov RUN --refiner RUN
 """

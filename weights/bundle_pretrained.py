@@ -44,7 +44,7 @@ from refine_cli.transforms import Preprocess
 HERE = Path(__file__).resolve().parent
 ESPNET_FILE = "espnet_p_2_q_8_camvid.pth"
 ESPNETV2_FILE = "espnetv2_s_2.0_pascal_384x384.pth"
-CAMVID_EVERY = 4  # tests/test_bundled_pretrained.py re-scores val[::4]
+CAMVID_EVERY = 4  # tests/weights/test_bundled_pretrained.py re-scores val[::4]
 DAVIS_EVERY = 12  # and DAVIS all[::12]
 RULES = {
     "square 384 (EdgeNets test script)": Preprocess(resize="square", size=384),

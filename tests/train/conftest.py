@@ -1,18 +1,15 @@
 """Shared pieces of the training tests: a tiny synthetic world (8 training, 2 validation images of 64 px), tiny
 network settings, and one trained base network the refiner tests start from.
 
-Torch runs single-threaded here: on a 2-core machine shared with other jobs, two OpenMP threads spin against
-each other and a tiny step takes seconds instead of tens of milliseconds."""
+Torch runs single-threaded here (`tests.fixtures.one_torch_thread`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from refine_cli.config import (
     BaseAugmentConfig,
@@ -24,8 +21,8 @@ from refine_cli.config import (
     RefinerTrainConfig,
     SynthConfig,
 )
-from refine_cli.data import generate
 from refine_cli.train import TrainResult, train_base
+from tests import fixtures
 
 TINY_BASE_ARCH = "deeplab_largefov_vgg16_compact"
 TINY_BASE_ARGS = {"width": 0.125, "fc_channels": 32}
@@ -34,19 +31,13 @@ TINY_REFINER_ARCH = "spn_universal_compact"
 TINY_REFINER_ARGS = {"guidance_width": 0.125, "guidance_batch_norm": False, "hidden": 8, "mid_channels": 8}
 
 
-@pytest.fixture(scope="package", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+one_thread = pytest.fixture(scope="package", autouse=True)(fixtures.one_torch_thread)
 
 
 @pytest.fixture(scope="package")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("train") / "world"
-    generate(root, SynthConfig(n=10, seed=5, height=64, width=64, val_fraction=0.2))
-    return root
+    return fixtures.synthetic_world(tmp_path_factory, "train",
+                                    SynthConfig(n=10, seed=5, height=64, width=64, val_fraction=0.2))
 
 
 def base_config(world: Path, **changes: Any) -> BaseTrainConfig:
