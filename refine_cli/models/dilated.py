@@ -19,8 +19,8 @@ from refine_cli.models.adaptive_rf import (
     vgg_trunk_field,
 )
 from refine_cli.models.common import SegOutput
-from refine_cli.models.vgg import VGG16Trunk, convolutionalised_fc
-from refine_cli.transforms import IMAGENET, Preprocess
+from refine_cli.models.vgg import VGG16Trunk
+from refine_cli.transforms import IMAGENET
 
 Padding = Literal["reflect", "same"]
 ContextKind = Literal["basic", "large"]
@@ -195,6 +195,7 @@ class DilatedNet(AdaptiveRFMixin, VGG16Trunk):
     """
 
     trunk_input = IMAGENET
+    imagenet_fc = True  # fc6 / fc7 from torchvision's classifier, as the authors initialised theirs
 
     def __init__(
         self,
@@ -379,25 +380,6 @@ class DilatedNet(AdaptiveRFMixin, VGG16Trunk):
                 if name != "context":
                     child.train(False)
         return self
-
-    # ImageNet initialisation -------------------------------------------------------------------------
-
-    def _imagenet_pairs(
-        self, state_dict: Mapping[str, torch.Tensor], preprocess: Preprocess
-    ) -> list[tuple[str, torch.Tensor]]:
-        # As in FCN (and the authors' `vgg_conv.caffemodel`): classifier.0 is fc6 as a 7x7 conv, here
-        # dilated by 4 with the same weights, classifier.3 is fc7 as a 1x1 conv.
-        pairs = super()._imagenet_pairs(state_dict, preprocess)
-        return pairs + convolutionalised_fc(self, state_dict)
-
-    def load_imagenet_trunk(
-        self, state_dict: Mapping[str, torch.Tensor], *, preprocess: Preprocess | None = None
-    ) -> list[str]:
-        """torchvision's VGG-16 checkpoint onto conv1_1..conv5_3, fc6 and fc7 (fully connected layers
-        reshaped into convs, as the authors initialised theirs); only at width=1.0 and fc_channels=4096.
-        `final` and the context module keep their init. Returns our keys it set; raises WeightsError on a
-        width, key or shape that does not fit."""
-        return super().load_imagenet_trunk(state_dict, preprocess=preprocess)
 
 
 def _cells(size: int) -> int:

@@ -18,8 +18,8 @@ from refine_cli.models.adaptive_rf import (
     vgg_trunk_field,
 )
 from refine_cli.models.common import SegOutput, bilinear_kernel
-from refine_cli.models.vgg import VGG16Trunk, convolutionalised_fc
-from refine_cli.transforms import CAFFE_FCN, Preprocess
+from refine_cli.models.vgg import VGG16Trunk
+from refine_cli.transforms import CAFFE_FCN
 
 Stride = Literal[32, 16, 8]
 
@@ -75,6 +75,7 @@ class FCN(AdaptiveRFMixin, VGG16Trunk):
 
     # The published weights take BGR in 0..255 minus the Caffe mean.
     trunk_input = CAFFE_FCN
+    imagenet_fc = True  # the paper's convolutionalised fc6 / fc7 (only at width 1.0 and fc_channels 4096)
 
     def __init__(
         self,
@@ -176,24 +177,6 @@ class FCN(AdaptiveRFMixin, VGG16Trunk):
     def forward_train(self, x: torch.Tensor) -> SegOutput:
         """As `forward`, wrapped for the training loop (FCN has no auxiliary head)."""
         return SegOutput(self(x))
-
-    def _imagenet_pairs(
-        self, state_dict: Mapping[str, torch.Tensor], preprocess: Preprocess
-    ) -> list[tuple[str, torch.Tensor]]:
-        # The paper's "convolutionalisation": classifier.0 (4096 x 512*7*7) is fc6 as a 7x7 conv over pool5,
-        # classifier.3 (4096 x 4096) is fc7 as a 1x1 conv; torchvision flattens pool5 as (C, H, W), the
-        # order of a conv weight's (in, kh, kw). classifier.6 (the 1000 ImageNet classes) is not used.
-        pairs = super()._imagenet_pairs(state_dict, preprocess)
-        return pairs + convolutionalised_fc(self, state_dict)
-
-    def load_imagenet_trunk(
-        self, state_dict: Mapping[str, torch.Tensor], *, preprocess: Preprocess | None = None
-    ) -> list[str]:
-        """torchvision's VGG-16 checkpoint onto conv1_1..conv5_3, fc6 and fc7 (fc layers reshaped into
-        convs); only at width=1.0 and fc_channels=4096. Score and upscore layers keep their init.
-        preprocess defaults to the Caffe input of the published FCNs (see `VGG16Trunk.load_imagenet_trunk`).
-        Returns our keys it set; raises WeightsError on a width, key or shape that does not fit."""
-        return super().load_imagenet_trunk(state_dict, preprocess=preprocess)
 
 
 def _scale(t: torch.Tensor, factor: float) -> torch.Tensor:

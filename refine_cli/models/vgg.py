@@ -63,6 +63,9 @@ class VGG16Trunk(nn.Module):
     # The input the network is fed by default; `load_imagenet_trunk` folds the difference between this
     # and torchvision's ImageNet normalisation into conv1_1.
     trunk_input: Preprocess = IMAGENET
+    # Whether fc6 / fc7 take torchvision's classifier.0 / classifier.3 as convs (`convolutionalised_fc`): FCN and
+    # DilatedNet, whose fc layers have VGG-16's own shape at full width; DeepLab's 1024-channel ones do not.
+    imagenet_fc: bool = False
 
     def __init__(
         self,
@@ -135,8 +138,8 @@ class VGG16Trunk(nn.Module):
     def _imagenet_pairs(
         self, state_dict: Mapping[str, torch.Tensor], preprocess: Preprocess
     ) -> list[tuple[str, torch.Tensor]]:
-        """(our key, value) for every tensor the ImageNet checkpoint gives this network, validated.
-        Subclasses extend it (FCN adds fc6/fc7)."""
+        """(our key, value) for every tensor the ImageNet checkpoint gives this network, validated: the convs,
+        and fc6 / fc7 where `imagenet_fc`."""
         if self.width != 1.0:
             raise WeightsError(
                 f"the ImageNet VGG-16 checkpoint only fits width=1.0, this network has width={self.width}; "
@@ -148,7 +151,7 @@ class VGG16Trunk(nn.Module):
                 key = f"{name}.{kind}"
                 pairs.append((key, checkpoint_tensor(state_dict, f"features.{idx}.{kind}", self, key)))
         pairs[0:2] = _fold_input(pairs[0][1], pairs[1][1], preprocess)
-        return pairs
+        return pairs + convolutionalised_fc(self, state_dict) if self.imagenet_fc else pairs
 
     def load_imagenet_trunk(
         self, state_dict: Mapping[str, torch.Tensor], *, preprocess: Preprocess | None = None
