@@ -26,8 +26,7 @@ from refine_cli.train.common import (
     data_fingerprint,
     data_provenance,
     freeze_for_stage,
-    init_from_checkpoint,
-    init_trunk,
+    initialise,
     open_split,
     per_rank,
     predict_logits,
@@ -143,10 +142,7 @@ class BaseTask(TrainTask):
         model = models.build(config.arch, **self.arch_args)
         if not isinstance(model, TrainsWithAux):
             raise UsageError(f"'{config.arch}' has no training forward (forward_train)")
-        if config.init_from:
-            init = init_from_checkpoint(model, config.init_from, arch=config.arch, emit=emit)
-        else:
-            init = init_trunk(model, self.spec, config.init, emit)
+        init = initialise(model, self.spec, arch=config.arch, init=config.init, init_from=config.init_from, emit=emit)
         freeze_for_stage(model, config.stage, config.arch)
         self.model = model.to(info.device)
         self.forward = _TrainForward(self.model)

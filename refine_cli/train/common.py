@@ -69,6 +69,15 @@ def _trunk_owner(model: nn.Module) -> nn.Module | None:
     return next((m for m in model.modules() if isinstance(m, LoadsImageNetTrunk)), None)
 
 
+def initialise(model: nn.Module, spec: ModelSpec, *, arch: str, init: str, init_from: str | None,
+               emit: EventFn) -> str:
+    """`--from` a checkpoint when given (`init_from_checkpoint`), else the ImageNet trunk as `--init` says
+    (`init_trunk`). Returns what was done, for the provenance."""
+    if init_from:
+        return init_from_checkpoint(model, init_from, arch=arch, emit=emit)
+    return init_trunk(model, spec, init, emit)
+
+
 def init_trunk(model: nn.Module, spec: ModelSpec, mode: str, emit: EventFn) -> str:
     """Initialise from the arch's ImageNet trunk as `mode` says ("auto": when it is in the cache; "imagenet":
     required; "scratch": never). Returns what was done, for the provenance; says it with a Note."""

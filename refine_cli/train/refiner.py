@@ -30,8 +30,7 @@ from refine_cli.train.common import (
     SeededSamples,
     data_fingerprint,
     data_provenance,
-    init_from_checkpoint,
-    init_trunk,
+    initialise,
     open_split,
     per_rank,
     scores_of,
@@ -111,10 +110,7 @@ class RefinerTask(TrainTask):
             if given != len(self.classes):
                 raise UsageError(f"{config.arch} built for {given} classes cannot train on {len(self.classes)}")
         model = models.build(config.arch, **self.arch_args)
-        if config.init_from:
-            init = init_from_checkpoint(model, config.init_from, arch=config.arch, emit=emit)
-        else:
-            init = init_trunk(model, self.spec, config.init, emit)
+        init = initialise(model, self.spec, arch=config.arch, init=config.init, init_from=config.init_from, emit=emit)
         self.model = model.to(info.device)
         self.pre = self.spec.preprocess
         self.images_per_step = config.images_per_batch

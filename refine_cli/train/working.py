@@ -35,8 +35,7 @@ from refine_cli import distributed
 from refine_cli.train.common import (
     data_fingerprint,
     data_provenance,
-    init_from_checkpoint,
-    init_trunk,
+    initialise,
     open_split,
     per_rank,
     stream_loader,
@@ -153,10 +152,7 @@ class WorkingRefinerTask(TrainTask):
             if not any(len(base.classes) == s.num_classes for s in self.train_sets):
                 raise UsageError(f"the base network {base.path.name} predicts {len(base.classes)} classes, which "
                                  "no --data dataset has")
-        if config.init_from:
-            init = init_from_checkpoint(model, config.init_from, arch=config.arch, emit=emit)
-        else:
-            init = init_trunk(model, self.spec, config.init, emit)
+        init = initialise(model, self.spec, arch=config.arch, init=config.init, init_from=config.init_from, emit=emit)
         self.model = model.to(info.device)
         self.pre = self.spec.preprocess
         self.images_per_step = config.images_per_batch
