@@ -28,7 +28,7 @@ CLI = [sys.executable, "-m", "refine_cli"]
 # Blocks enlarged by pixel replication: of the forms tried, the closest to masks a real stride-8/16 network gives
 # (bilinear upsampling gives far smoother boundaries, BF 94 at stride 8 against 69).
 DAVIS_SETS = [(f"s{s}_nearest", s, "nearest") for s in (8, 16)]
-CAMVID_BASES = ("espnet_camvid",)
+CAMVID_BASES = ("espnet_camvid", "camvid_fcn8s_compact", "camvid_deeplab_largefov_compact")
 
 
 def run(args: list[str], log: list[str]) -> None:

@@ -83,19 +83,19 @@ def init_trunk(model: nn.Module, spec: ModelSpec, mode: str, emit: EventFn) -> s
     required; "scratch": never). Returns what was done, for the provenance; says it with a Note."""
     if mode not in INIT_MODES:
         raise UsageError(f"unknown --init '{mode}'; choose one of {', '.join(INIT_MODES)}")
-    if mode == "scratch":
+    if mode == Init.scratch:
         emit(Note("initialisation: from scratch (--init scratch)"))
         return "scratch"
     owner = _trunk_owner(model)
     if spec.trunk is None or owner is None:
-        if mode == "imagenet":
+        if mode == Init.imagenet:
             raise UsageError("this network has no ImageNet trunk to start from; use --init auto or scratch")
         emit(Note("initialisation: from scratch (this network has no ImageNet trunk)"))
         return "scratch"
     try:
         path = weights.trunk_path(spec.trunk, download=False)
     except WeightsError as exc:
-        if mode == "imagenet":
+        if mode == Init.imagenet:
             raise
         emit(Note(f"initialisation: from scratch ({exc})"))
         return "scratch"
@@ -103,7 +103,7 @@ def init_trunk(model: nn.Module, spec: ModelSpec, mode: str, emit: EventFn) -> s
     try:
         keys = owner.load_imagenet_trunk(state, preprocess=spec.preprocess)
     except WeightsError as exc:
-        if mode == "imagenet":
+        if mode == Init.imagenet:
             raise
         emit(Note(f"initialisation: from scratch (the ImageNet {spec.trunk} trunk does not fit: {exc})"))
         return "scratch"

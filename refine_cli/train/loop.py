@@ -134,9 +134,9 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `amp` on `device` (None: full precision)."""
     if amp not in AMP_MODES:
         raise UsageError(f"unknown --amp '{amp}'; choose one of {', '.join(AMP_MODES)}")
-    if amp == "auto":
+    if amp == Amp.auto:
         return torch.bfloat16 if device.type == "cuda" else None
-    if amp == "fp16" and device.type != "cuda":
+    if amp == Amp.fp16 and device.type != "cuda":
         raise UsageError("--amp fp16 needs a CUDA device; use --amp bf16 or off on the CPU")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
@@ -146,11 +146,11 @@ def make_optimizer(params: list[nn.Parameter] | list[dict[str, Any]], *, name: s
     """`params`: parameters, or parameter groups (dicts with "params") whose own settings override these."""
     if not params or all(isinstance(g, dict) and not g["params"] for g in params):
         raise UsageError("nothing to train: every parameter is frozen")
-    if name == "sgd":
+    if name == Optimizer.sgd:
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adam":
+    if name == Optimizer.adam:
         return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
-    if name == "adamw":
+    if name == Optimizer.adamw:
         return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
     raise UsageError(f"unknown optimizer '{name}'; choose one of {', '.join(OPTIMIZERS)}")
 

@@ -118,7 +118,7 @@ class RefinerTask(TrainTask):
         self.data_fingerprint = data_fingerprint(self.train_set, config.data, config.data.split)
         self.provenance = {"dataset": data_provenance(self.train_set, config.data, self.data_fingerprint),
                            "init": init, "base": self.base.provenance(), "coarse_probs": config.probs}
-        if config.probs == "cache":
+        if config.probs == ProbsMode.cache:
             self.train_set = self._cached(self.train_set, config.data.split)
             if self.val_set is not None:
                 self.val_set = self._cached(self.val_set, config.data.val_split or "val")
@@ -141,7 +141,7 @@ class RefinerTask(TrainTask):
 
     def batches(self, *, start_step: int, total_steps: int) -> Iterable[CropBatch]:
         cfg = self.config
-        live = cfg.probs == "live"
+        live = cfg.probs == ProbsMode.live
         samples = SeededSamples(self.train_set, _raw if live else _Crops(cfg.augment, cfg.crop))
         loader = stream_loader(samples, n=self.dataset_size, seed=cfg.loop.seed, global_batch=cfg.images_per_batch,
                                start_step=start_step, total_steps=total_steps, info=self.info,
@@ -232,6 +232,6 @@ def train_refiner(
     `run_training`)."""
     if config.crops not in CROP_MODES:
         raise UsageError(f"unknown --crops '{config.crops}'; choose one of {', '.join(CROP_MODES)}")
-    task = RefinerTask if config.crops == "released" else WorkingRefinerTask
+    task = RefinerTask if config.crops == CropsMode.released else WorkingRefinerTask
     return run_training(config=config, run_dir=run_dir, resume=resume, overwrite=overwrite, on_event=on_event,
                         build_task=lambda info, emit: task(config, info, emit))

@@ -88,8 +88,8 @@ class _WorkingSamples(Dataset):
         item = (draw.index % self.per_dataset) % len(dataset)
         rng = torch.Generator().manual_seed(draw.seed)
         sample = dataset[item]
-        caches = source.caches if self.coarse != "perturb" else []
-        use_base = bool(caches) and (self.coarse == "base" or float(torch.rand((), generator=rng)) >= self.perturb_share)
+        caches = source.caches if self.coarse != CoarseMode.perturb else []
+        use_base = bool(caches) and (self.coarse == CoarseMode.base or float(torch.rand((), generator=rng)) >= self.perturb_share)
         probs = None
         if use_base:
             cache = caches[int(torch.randint(len(caches), (), generator=rng))]
@@ -138,7 +138,7 @@ class WorkingRefinerTask(TrainTask):
         if config.coarse not in COARSE_MODES:
             raise UsageError(f"unknown --coarse '{config.coarse}'; choose {', '.join(COARSE_MODES[:-1])} or "
                              f"{COARSE_MODES[-1]}")
-        if config.coarse != "perturb" and not config.bases:
+        if config.coarse != CoarseMode.perturb and not config.bases:
             raise UsageError(f"--coarse {config.coarse} needs --base; without a base network use --coarse perturb")
         self.per_rank = per_rank(config.images_per_batch, info, "--images-per-batch")
         self.amp = autocast_dtype(config.loop.amp, info.device)
@@ -169,7 +169,7 @@ class WorkingRefinerTask(TrainTask):
         self.val_sources = [None if v is None else self._source(bases, v, d, d.val_split or "val")
                             for v, d in zip(self.val_sets, datasets)]
         for source in self.sources:
-            if config.coarse == "base" and not source.caches:
+            if config.coarse == CoarseMode.base and not source.caches:
                 raise UsageError(f"--coarse base: no --base network predicts the {source.dataset.num_classes} "
                                  f"classes of {source.dataset.classes[:3]}...; add one or use --coarse mixed")
 
