@@ -1,6 +1,7 @@
 """Where an SPN refiner's time goes: its own forward, each stage timed by hooks on the module that runs it.
 
     python benchmarks/profile_refiner.py [--refiner synth_spn_universal_compact] [--size 512] [--classes 8]
+        [--json stages.json]
 
 Stages: the guidance network, the stride-2 encoder, the propagation (4 directions x passes), the decoder's two
 convolutions, and the rest of the forward (the bilinear upsampling of the hidden maps before a full-resolution
@@ -13,10 +14,12 @@ stage and their sum, which is the whole forward.
 from __future__ import annotations
 
 import argparse
+import json
 import functools
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -64,6 +67,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", type=Path, help="also write the stages' milliseconds here, in order")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,6 +100,9 @@ def main() -> None:
     for name, ms in times.items():
         print(f"  {name:45s} {ms:9.1f} ms  {100 * ms / sum(times.values()):5.1f} %")
     print(f"  {'sum of the stages (the whole forward)':45s} {sum(times.values()):9.1f} ms")
+    if args.json:
+        args.json.write_text(json.dumps({"refiner": args.refiner, "size": s, "classes": k, "repeats": args.repeats,
+                                         "stages_ms": times, "whole_ms": sum(times.values())}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ its three settings on training data only.
     python weights/bundle_colour.py           # write the checkpoint with the chosen setting
 
 The grid scores `refine-cli evaluate` on DAVIS train sequences (ground truth coarsened like a stride-8 and a
-stride-16 network, blocks upsampled by pixel replication) and on CamVid train (the bundled ESPNet's hard masks, as
-`refine --masks` gets them), every image of each (or the first --limit). The setting kept is the one with the
+stride-16 network, blocks upsampled by pixel replication) and on CamVid train (the hard masks of each base network
+named by --camvid-bases, as `refine --masks` gets them), every image of each (or the first --limit). The setting kept is the one with the
 largest sum of mIoU and boundary F gains over those sets; the val splits are never looked at here.
 """
 
@@ -53,7 +53,7 @@ def cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "refine_cli", *args], check=True, cwd=ROOT)
 
 
-def grid(real: Path, work: Path, limit: int | None, rows: list[int]) -> None:
+def grid(real: Path, work: Path, limit: int | None, rows: list[int], camvid_bases: list[str]) -> None:
     davis, camvid = real / "davis", real / "camvid"
     sets = {}
     for stride in (8, 16):
@@ -62,11 +62,12 @@ def grid(real: Path, work: Path, limit: int | None, rows: list[int]) -> None:
             cli("data", "coarsen", str(davis), str(out), "--format", "davis", "--split", "all", "--stride", str(stride),
                 "--upsample", "nearest")
         sets[f"DAVIS train s{stride}"] = ["--data", str(davis), "--format", "davis", "--masks", str(out)]
-    masks = work / "camvid_espnet"
-    if not (masks / "masks").is_dir():
-        cli("segment", str(camvid / "train" / "images"), "--base", "espnet_camvid", "--out", str(masks),
-            "--no-overlay")
-    sets["CamVid train, ESPNet masks"] = ["--data", str(camvid), "--format", "camvid", "--masks", str(masks / "masks")]
+    for base in camvid_bases:
+        masks = work / f"camvid_{base}"
+        if not (masks / "masks").is_dir():
+            cli("segment", str(camvid / "train" / "images"), "--base", base, "--out", str(masks), "--no-overlay")
+        sets[f"CamVid train, {base} masks"] = ["--data", str(camvid), "--format", "camvid", "--masks",
+                                              str(masks / "masks")]
     table = []
     for args in (GRID[i] for i in rows):
         with tempfile.TemporaryDirectory() as tmp:
@@ -95,12 +96,14 @@ def main() -> None:
     parser.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "real")
     parser.add_argument("--work", type=Path, default=ROOT / "results" / "bundle_colour")
     parser.add_argument("--limit", type=int, help="score only the first N images of each set")
+    parser.add_argument("--camvid-bases", default="espnet_camvid",
+                        help="comma-separated base networks whose CamVid train masks are scored")
     parser.add_argument("--rows", default=",".join(str(i) for i in range(len(GRID))),
                         help="which settings of the grid to score, by index (default: all)")
     args = parser.parse_args()
     if args.grid:
         args.work.mkdir(parents=True, exist_ok=True)
-        grid(args.real, args.work, args.limit, [int(i) for i in args.rows.split(",")])
+        grid(args.real, args.work, args.limit, [int(i) for i in args.rows.split(",")], args.camvid_bases.split(","))
         return
     path = write(HERE / f"{NAME}.pt", CHOSEN)
     weights.record_file(path)

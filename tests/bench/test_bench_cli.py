@@ -191,18 +191,19 @@ def test_usage_errors(args: list[str], message: str):
 def test_profile_refiner_script_times_every_stage(decode_at: str, order: list[str], tmp_path: Path):
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "profile_refiner.py"
     refiner = random_checkpoint("spn_universal_compact", tmp_path, hidden=4, mid_channels=4, decode_at=decode_at)
+    out = tmp_path / "stages.json"
     result = subprocess.run(
         [sys.executable, str(script), "--refiner", str(refiner), "--size", "32", "--classes", "3",
-         "--repeats", "1", "--threads", "1"],
+         "--repeats", "1", "--threads", "1", "--json", str(out)],
         capture_output=True, text=True, check=False,
     )
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert "32x32, 3 class maps" in lines[0]
-    stages = [line.split()[0] for line in lines[1:]]
-    assert stages == ["guidance", "encoder", "propagation", *order, "sum"]
-    percents = [float(line.split()[-2]) for line in lines[1:6]]
-    assert sum(percents) == pytest.approx(100, abs=0.5)
+    assert "32x32, 3 class maps" in result.stdout.splitlines()[0]
+    report = json.loads(out.read_text())
+    stages = [name.split()[0] for name in report["stages_ms"]]
+    assert stages == ["guidance", "encoder", "propagation", *order]
+    assert all(ms >= 0 for ms in report["stages_ms"].values())
+    assert report["whole_ms"] == pytest.approx(sum(report["stages_ms"].values()))
 
 
 def test_refiner_side_script_sweeps_sides_and_skips_those_at_full_size(nets: dict[str, str], tmp_path: Path):
