@@ -6,8 +6,9 @@ its three settings on training data only.
 
 The grid scores `refine-cli evaluate` on DAVIS train sequences (ground truth coarsened like a stride-8 and a
 stride-16 network, blocks upsampled by pixel replication) and on CamVid train (the hard masks of each base network
-named by --camvid-bases, as `refine --masks` gets them), every image of each (or the first --limit). The setting kept is the one with the
-largest sum of mIoU and boundary F gains over those sets; the val splits are never looked at here.
+named by --camvid-bases, as `refine --masks` gets them), every image of each (or the first --limit). The setting kept is, among those that lower no set's mIoU (do no
+harm first), the one with the largest sum of mIoU and boundary F gains over the sets; the val splits are never
+looked at here.
 """
 
 from __future__ import annotations
