@@ -54,7 +54,7 @@ def env(tmp_path, monkeypatch):
     """Cache and bundled folder in tmp_path, a tiny registered net, and a catalog served from 127.0.0.1."""
     monkeypatch.setenv("REFINE_CLI_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("REFINE_CLI_BUNDLED", str(tmp_path / "bundled"))
-    models = {**registry.MODELS, "tiny_tv": registry.ModelSpec(tiny_tv, "base", IMAGENET, "tiny net")}
+    models = {**registry.MODELS, "tiny_tv": registry.ModelSpec(tiny_tv, "base", IMAGENET, "tiny net", aux_head=True)}
     monkeypatch.setattr(registry, "MODELS", MappingProxyType(models))
 
     served = tmp_path / "served"
