@@ -27,3 +27,13 @@ def synthetic_world(tmp_path_factory: pytest.TempPathFactory, name: str, config:
     root = tmp_path_factory.mktemp(name) / "world"
     generate(root, config)
     return root
+
+
+def bundled_checkpoint(name: str) -> Path:
+    """weights/<name>.pt of the checkout; fails (never skips) the test when it is missing."""
+    from refine_cli import weights
+
+    path = weights.bundled_dir() / f"{name}.pt"
+    if not path.is_file():
+        pytest.fail(f"bundled checkpoint {path} is missing")
+    return path

@@ -15,17 +15,12 @@ from refine_cli.data import open_dataset
 from refine_cli.evaluation import BASE, evaluate
 from refine_cli.labels import CAMVID_CLASSES, CAMVID_PALETTE
 from refine_cli.pipeline import Refiner
+from tests.fixtures import bundled_checkpoint as _bundled
 
 TOLERANCE = 0.002
 BUNDLED = {"camvid_fcn8s_compact": "fcn8s_vgg16_compact",
            "camvid_deeplab_largefov_compact": "deeplab_largefov_vgg16_compact"}
 
-
-def _bundled(name: str) -> Path:
-    path = weights.bundled_dir() / f"{name}.pt"
-    if not path.is_file():
-        pytest.fail(f"bundled checkpoint {path} is missing")
-    return path
 
 
 @pytest.mark.parametrize("name", list(BUNDLED))

@@ -18,6 +18,7 @@ from refine_cli.data import open_dataset
 from refine_cli.evaluation import BASE, evaluate, foreground_ious
 from refine_cli.labels import CAMVID_CLASSES, CAMVID_PALETTE, VOC_CLASSES
 from refine_cli.pipeline import Refiner
+from tests.fixtures import bundled_checkpoint as _bundled
 from refine_cli.weights.importers import ESPNET_CAMVID, ESPNETV2_VOC
 
 TOLERANCE = 0.002
@@ -26,12 +27,6 @@ BUNDLED = {
     "espnetv2_voc": ("espnetv2_s_2.0_pascal_384x384.pth", "espnetv2", VOC_CLASSES, ESPNETV2_VOC),
 }
 
-
-def _bundled(name: str) -> Path:
-    path = weights.bundled_dir() / f"{name}.pt"
-    if not path.is_file():
-        pytest.fail(f"bundled checkpoint {path} is missing")
-    return path
 
 
 @pytest.mark.parametrize("name", list(BUNDLED))
