@@ -144,6 +144,7 @@ def test_scaling_table_json_and_plot(nets: dict[str, str], tmp_path: Path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_scaling_memory_in_a_fresh_process(nets: dict[str, str]):
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("extra peak memory is read from Linux's /proc")
@@ -184,6 +185,7 @@ def test_usage_errors(args: list[str], message: str):
     assert result.exit_code == 2 and message in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("decode_at", "order"),
     [("half", ["decoder", "upsampling"]), ("full", ["upsampling", "decoder"])],
@@ -206,6 +208,7 @@ def test_profile_refiner_script_times_every_stage(decode_at: str, order: list[st
     assert report["whole_ms"] == pytest.approx(sum(report["stages_ms"].values()))
 
 
+@pytest.mark.slow
 def test_refiner_side_script_sweeps_sides_and_skips_those_at_full_size(nets: dict[str, str], tmp_path: Path):
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "refiner_side.py"
     out = tmp_path / "side.json"

@@ -20,6 +20,7 @@ def _factor(run_dir: str) -> float:
     return float(weights.load_checkpoint(Path(run_dir) / "model.pt").state_dict["rf.factor"])
 
 
+@pytest.mark.slow
 def test_grid_and_learned_runs(world: Path, tmp_path: Path):
     argv = [*tiny(world, tmp_path, steps=3), "--grid", "0.7,2"]
     report = adaptive_rf.main(argv)

@@ -89,6 +89,7 @@ def test_the_pipeline_runs_it_at_full_resolution(tmp_path: Path):
     assert np.array_equal(np.asarray(result.labels), expected)
 
 
+@pytest.mark.slow
 def test_real_object_masks_get_sharper_and_no_worse(real_data: Path):
     # Held-out DAVIS sequences, ground truth coarsened like a stride-8 network's output enlarged by pixel
     # replication (`refine-cli data coarsen --upsample nearest`): every 8th frame.

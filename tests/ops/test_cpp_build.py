@@ -15,6 +15,7 @@ import pytest
 from refine_cli.ops import cpp
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_build_is_cleared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # torch's own guard is a bare file; a build killed with -9 leaves it and every later build used to wait on it
     # forever (a CI run stalled 90 minutes on one). No compiler here, so the build itself fails fast.

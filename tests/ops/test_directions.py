@@ -136,6 +136,7 @@ def test_named_backend_that_cannot_run_raises(monkeypatch):
         propagate(torch.zeros(1, 1, 2, 2), torch.zeros(1, 3, 1, 2, 2), "left_to_right", backend="triton")
 
 
+@pytest.mark.slow
 def test_failed_cpp_build_warns_and_auto_falls_back(tmp_path):
     # A fresh process (the build result is cached per process) whose compiler does not exist.
     script = textwrap.dedent(

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from refine_cli.data import open_dataset
 from refine_cli.metrics import BoundaryF, ConfusionMatrix
 from refine_cli.pipeline import Failure, Refiner
 
 
+@pytest.mark.slow
 def test_default_refiner_improves_espnet_on_camvid_val(real_data: Path):
     dataset = open_dataset(real_data / "camvid", format="camvid", split="val")
     pairs = dataset.pairs[::10]  # 11 frames spread over the split

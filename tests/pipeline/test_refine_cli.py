@@ -165,6 +165,7 @@ def test_segment_writes_the_base_output(nets, inputs: Path, tmp_path: Path):
     np.testing.assert_array_equal(mask[clear], probs.argmax(0)[clear])
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_without_corrupt_outputs(nets, tmp_path: Path):
     images = tmp_path / "many"
     images.mkdir()
