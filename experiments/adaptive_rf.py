@@ -292,13 +292,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    report = run(args, argv)
-    print(report["table_markdown"])
-    print("\nclaim holds" if report["claim"]["holds"] else "\nclaim does not hold", "-",
-          report["claim"]["statement"])
-    print(f"written: {args.out / (args.name + '.json')}, {args.out / (args.name + '.png')}")
-    return report
+    return common.report_main(parse_args, run, argv, plot=True)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,22 @@ def entry_point(main: Callable[[], Any]) -> None:
         raise SystemExit(exc.exit_code) from None
 
 
+def report_main(parse_args: Callable[[Sequence[str] | None], argparse.Namespace],
+                run: Callable[[argparse.Namespace, Sequence[str] | None], dict[str, Any]],
+                argv: Sequence[str] | None, *, plot: bool) -> dict[str, Any]:
+    """An experiment's `main`: parse, run, print the table (and the claim, where the report makes one) and the files
+    written: the JSON, and the PNG where `plot`."""
+    args = parse_args(argv)
+    report = run(args, argv)
+    print(report["table_markdown"])
+    if "claim" in report:
+        print("\nclaim holds" if report["claim"]["holds"] else "\nclaim does not hold", "-",
+              report["claim"]["statement"])
+    written = [args.out / (args.name + ".json")] + ([args.out / (args.name + ".png")] if plot else [])
+    print("written:", ", ".join(str(p) for p in written))
+    return report
+
+
 def add_recipe_options(parser: argparse.ArgumentParser, *, steps: int, name: str) -> None:
     """The options every experiment takes (--data, --out, --runs, the recipe, --threads, --name)."""
     r = Recipe()

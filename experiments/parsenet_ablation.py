@@ -150,11 +150,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    report = run(args, argv)
-    print(report["table_markdown"])
-    print(f"written: {args.out / (args.name + '.json')}, {args.out / (args.name + '.png')}")
-    return report
+    return common.report_main(parse_args, run, argv, plot=True)
 
 
 if __name__ == "__main__":

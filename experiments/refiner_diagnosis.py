@@ -178,11 +178,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    report = run(args, argv)
-    print(report["table_markdown"])
-    print(f"written: {args.out / (args.name + '.json')}")
-    return report
+    return common.report_main(parse_args, run, argv, plot=False)
 
 
 if __name__ == "__main__":
