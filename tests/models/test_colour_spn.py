@@ -127,3 +127,28 @@ def test_a_second_round_moves_a_boundary_further():
     truth[..., edge:] = 1
     errors = [(ColourPropagation(rounds=r)(image, _one_hot(labels, 2)).argmax(1) != truth).sum().item() for r in (1, 2)]
     assert (labels != truth).sum().item() > errors[0] > errors[1] == 0
+
+
+def test_local_colour_models_move_a_blobby_boundary_further():
+    # A striped object (its inner edges stop the scans) on a green background; the coarse mask is 8 px too large
+    # all round. The colours of the band belong to the background nearby: the colour models give it back.
+    height, width = 64, 96
+    image = torch.tensor([0.3, 0.6, 0.3])[None, :, None, None].repeat(1, 1, height, width)
+    truth = torch.zeros(1, height, width, dtype=torch.long)
+    truth[:, 16:48, 24:72] = 1
+    stripes = (torch.arange(24, 72) // 2 % 2).float()
+    image[0, :, 16:48, 24:72] = torch.stack([0.8 - 0.4 * stripes, 0.2 + 0 * stripes, 0.2 + 0.4 * stripes])[:, None]
+    noise = torch.rand(image.shape, generator=torch.Generator().manual_seed(0))
+    image = (image + 0.04 * (noise - 0.5)).clamp(0, 1)
+    coarse = torch.zeros_like(truth)
+    coarse[:, 8:56, 16:80] = 1
+    errors = [(ColourPropagation(colour_weight=w)(image, _one_hot(coarse, 2)).argmax(1) != truth).sum().item()
+              for w in (0.0, 1.0)]
+    # Measured: 1536 wrong pixels coarse, 1439 after the propagation alone, 615 with the colour models.
+    assert (coarse != truth).sum().item() > errors[0] > 2 * errors[1]
+
+
+def test_colour_model_arguments_are_checked():
+    for bad in ({"colour_weight": -1.0}, {"colour_cycles": 0}, {"colour_block": 0}):
+        with pytest.raises(ValueError, match="colour"):
+            ColourPropagation(**bad)
