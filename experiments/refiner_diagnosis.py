@@ -31,7 +31,7 @@ from refine_cli.data import open_dataset
 from refine_cli.errors import UsageError
 from refine_cli.labels import IGNORE_INDEX
 from refine_cli.metrics import BoundaryF, ConfusionMatrix
-from refine_cli.models.spn import class_map
+from refine_cli.ops.class_map import class_map
 from refine_cli.pipeline import Refiner
 from refine_cli.weights.locations import now_iso
 

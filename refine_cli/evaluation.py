@@ -30,7 +30,7 @@ from refine_cli.data.cache import load_probs
 from refine_cli.errors import InputError, UsageError
 from refine_cli.labels import IGNORE_INDEX
 from refine_cli.metrics import BoundaryF, ConfusionMatrix
-from refine_cli.models.spn import class_map
+from refine_cli.ops.class_map import class_map
 from refine_cli.pipeline import Refiner, find_mask
 from refine_cli.pipeline.engine import BatchOutput, Engine, StageTimes, stack_images
 

@@ -25,7 +25,8 @@ from refine_cli import models, weights
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 NAME = "spn_colour"
-CHOSEN = {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "rounds": 1}
+CHOSEN = {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "rounds": 1, "colour_weight": 1.0,
+          "colour_block": 32}
 GRID = [
     {"spatial_sigma": 20.0, "range_sigma": 0.1, "iterations": 2},
     {"spatial_sigma": 40.0, "range_sigma": 0.1, "iterations": 2},
@@ -34,6 +35,10 @@ GRID = [
     {"spatial_sigma": 80.0, "range_sigma": 0.2, "iterations": 3},
     {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "rounds": 2},
     {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "rounds": 3},
+    {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 0.5},
+    {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.0},
+    {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.5},
+    {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 2.0},
 ]
 
 
@@ -84,11 +89,12 @@ def grid(real: Path, work: Path, limit: int | None, rows: list[int], camvid_base
                 cells.append(f"{100 * coarse['miou']:.2f}/{100 * coarse['boundary_f']:.2f} -> "
                              f"{100 * refined['miou']:.2f}/{100 * refined['boundary_f']:.2f}")
         table.append((gains, args, cells))
-    print("\n| spatial_sigma | range_sigma | iterations | rounds | " + " | ".join(sets) + " | sum of gains |")
-    print("|---|---|---|---|" + "---|" * len(sets) + "---|")
+    print("\n| spatial_sigma | range_sigma | iterations | rounds | colour_weight | " + " | ".join(sets)
+          + " | sum of gains |")
+    print("|---|---|---|---|---|" + "---|" * len(sets) + "---|")
     for gains, args, cells in table:
         print(f"| {args['spatial_sigma']:g} | {args['range_sigma']:g} | {args['iterations']} | {args.get('rounds', 1)} | "
-              + " | ".join(cells) + f" | {gains:+.2f} |")
+              f"{args.get('colour_weight', 0.0):g} | " + " | ".join(cells) + f" | {gains:+.2f} |")
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from the object's edge by a few pixels is pulled back to it, and regions away fr
 
 A path-bound average cannot move a boundary that strays further, nor cross a textured region whose inner edges stop
 the scans. With `colour_weight` set, each class's colours around every pixel (local histograms,
-`refine_cli.ops.colour_likelihood`) then re-weigh its probabilities, and one short propagation settles them: a
+`refine_cli.ops.colour_likelihood`) re-weigh its probabilities before the last iteration, which settles them: a
 non-local colour term, as the dense CRF's appearance kernel is, at the cost of a count and a lookup per pixel.
 """
 
@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refine_cli.models.spn import class_map
-from refine_cli.ops.colour_likelihood import colour_likelihood
+from refine_cli.ops.class_map import class_map
+from refine_cli.ops.colour_likelihood import colour_models, reweigh
 from refine_cli.ops.edge_mean import EdgeMeanBackend, edge_mean
 
 PROB_FLOOR = 1e-6  # the propagated probabilities are returned as log(p), floored here
@@ -46,12 +46,12 @@ class ColourPropagation(nn.Module):
         network's) needs more than one; each round costs as much as the first.
     iterations: passes of the four scans, their spatial scale shrinking each time (the domain transform's
         schedule), so the blocky artefacts of a first long-reaching pass are smoothed by the later ones.
-    colour_weight: 0, or how much the local colour models (`refine_cli.ops.colour_likelihood`) count: after the
-        propagation, each pixel's probabilities are multiplied by its colour's likelihood under each class's model
-        (built from the propagated mask, in blocks of `colour_block` pixels and their neighbours) raised to this
-        power, and propagated again (the schedule's last iteration). The colours of a class seen tens of pixels away move a boundary that the
-        local average alone leaves where a blobby mask put it.
-    colour_cycles: how many times the colour models are rebuilt and applied (each a further propagation).
+    colour_weight: 0, or how much the local colour models (`refine_cli.ops.colour_likelihood`) count: before the
+        last iteration of the last round, each pixel's probabilities are multiplied by its colour's likelihood under
+        each class's model (built from the mask propagated so far, in blocks of `colour_block` pixels and their
+        neighbours) raised to this power; the last, shortest-reaching iteration then settles them among their
+        neighbours. The colours of a class seen tens of pixels away move a boundary that the local average alone
+        leaves where a blobby mask put it.
     """
 
     per_class = True  # every class map is propagated the same way: any label set
@@ -59,17 +59,16 @@ class ColourPropagation(nn.Module):
     min_side = 1
 
     def __init__(self, *, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterations: int = 2, rounds: int = 1,
-                 colour_weight: float = 0.0, colour_cycles: int = 1, colour_block: int = 32,
-                 backend: EdgeMeanBackend = "auto") -> None:
+                 colour_weight: float = 0.0, colour_block: int = 32, backend: EdgeMeanBackend = "auto") -> None:
         super().__init__()
         if spatial_sigma <= 0 or range_sigma <= 0 or iterations < 1 or rounds < 1:
             raise ValueError("spatial_sigma and range_sigma must be positive, iterations and rounds at least 1; got "
                              f"{spatial_sigma}, {range_sigma}, {iterations}, {rounds}")
-        if colour_weight < 0 or colour_cycles < 1 or colour_block < 1:
-            raise ValueError("colour_weight must be at least 0, colour_cycles and colour_block at least 1; got "
-                             f"{colour_weight}, {colour_cycles}, {colour_block}")
+        if colour_weight < 0 or colour_block < 1:
+            raise ValueError(f"colour_weight must be at least 0 and colour_block at least 1; got {colour_weight}, "
+                             f"{colour_block}")
         self.rounds = rounds
-        self.colour_weight, self.colour_cycles, self.colour_block = float(colour_weight), colour_cycles, colour_block
+        self.colour_weight, self.colour_block = float(colour_weight), colour_block
         self.spatial_sigma, self.range_sigma, self.iterations = float(spatial_sigma), float(range_sigma), iterations
         self.backend = backend
 
@@ -96,14 +95,15 @@ class ColourPropagation(nn.Module):
             if round_:  # the previous round's mask, one-hot (floored as above)
                 x = F.one_hot(class_map(x), x.shape[1]).movedim(-1, 1).float().clamp_min(PROB_FLOOR)
                 x = x / x.sum(1, keepdim=True)
-            x = self._propagate(x, links)
-        for _ in range(self.colour_cycles if self.colour_weight else 0):
-            likelihood = colour_likelihood(image, class_map(x), x.shape[1], block=self.colour_block)
-            x = x * likelihood.pow_(self.colour_weight)
-            # Only the schedule's last, shortest-reaching iteration: it settles the re-weighted pixels among their
-            # neighbours without spreading a colour model's mistakes far (the whole schedule again lowered the mIoU
-            # of already sharp masks on the train splits).
-            x = self._propagate(x.div_(x.sum(1, keepdim=True)).clamp_min_(PROB_FLOOR), links[-1:])
+            if round_ < self.rounds - 1 or not self.colour_weight:
+                x = self._propagate(x, links)
+                continue
+            x = self._propagate(x, links[:-1])
+            # Re-weighed before the last iteration, which then costs nothing extra: a colour model's stray pixels are
+            # averaged with their neighbours, and (measured on the train splits) sharp masks keep their mIoU, which
+            # a further propagation after the whole schedule lowered.
+            models = colour_models(image, x, block=self.colour_block, power=self.colour_weight, backend=self.backend)
+            x = self._propagate(reweigh(x, models, floor=PROB_FLOOR, backend=self.backend), links[-1:])
         refined = x.clamp_min_(PROB_FLOOR).log_().to(coarse.dtype)
         return refined.new_zeros(()), refined
 
@@ -126,7 +126,6 @@ class ColourPropagation(nn.Module):
 
 
 def spn_colour(*, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterations: int = 2, rounds: int = 1,
-               colour_weight: float = 0.0, colour_cycles: int = 1, colour_block: int = 32) -> ColourPropagation:
+               colour_weight: float = 0.0, colour_block: int = 32) -> ColourPropagation:
     return ColourPropagation(spatial_sigma=spatial_sigma, range_sigma=range_sigma, iterations=iterations,
-                             rounds=rounds, colour_weight=colour_weight, colour_cycles=colour_cycles,
-                             colour_block=colour_block)
+                             rounds=rounds, colour_weight=colour_weight, colour_block=colour_block)

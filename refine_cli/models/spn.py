@@ -18,6 +18,7 @@ from torch import nn
 
 from refine_cli.models.guidance import GuidanceNet
 from refine_cli.ops import propagate_directions
+from refine_cli.ops.class_map import class_map
 from refine_cli.ops.propagate import Backend, GateNorm
 
 
@@ -177,17 +178,12 @@ def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
 
 
-def class_map(scores: torch.Tensor) -> torch.Tensor:
-    """(N, K, H, W) scores -> (N, H, W) int64 index of the best class, the first on ties: `argmax(1)`'s answer,
-    through `max(1)`, which is ~10x faster on CPU tensors laid out NCHW (the class axis strided)."""
-    return scores.max(dim=1).indices
-
-
 def present_classes(scores: torch.Tensor) -> torch.Tensor:
     """(N, K, H, W) scores -> (N, K) bool: which classes win at least one pixel of each image."""
     n, k = scores.shape[:2]
-    present = torch.zeros(n, k, dtype=torch.bool, device=scores.device)
-    return present.scatter_(1, class_map(scores).flatten(1), True)
+    # A count per (image, class): a scatter of every pixel into (N, K) serialises on a few cells (~10x slower on CPU).
+    labels = class_map(scores) + torch.arange(n, device=scores.device)[:, None, None] * k
+    return torch.bincount(labels.flatten(), minlength=n * k).view(n, k) > 0
 
 
 def suppress_absent_classes(logits: torch.Tensor, coarse: torch.Tensor, *,

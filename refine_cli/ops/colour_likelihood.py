@@ -6,23 +6,78 @@ pixel's model of class c is the histogram of c over the (2 * reach + 1)^2 blocks
 c's histogram over the whole image (weight `prior` pixels, so a class with few pixels nearby leans on its global
 colours), as in the local classifiers of Video SnapCut (Bai et al., SIGGRAPH 2009) with histograms for classifiers.
 Every step is a count, a box sum or a lookup: linear in the pixels, whatever the number of classes.
+
+Backends, as `refine_cli.ops.edge_mean`'s: "cpp" (csrc/colour_model_cpu.cpp: the count and the lookup as one loop over
+the pixels each, forward only), "torch" (differentiable in the probabilities) and "auto".
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from refine_cli.ops.edge_mean import EdgeMeanBackend, resolve_cpu_kernel
+from refine_cli.ops.class_map import class_map
 
-def colour_likelihood(image: torch.Tensor, labels: torch.Tensor, num_classes: int, *, levels: int = 8,
-                      block: int = 32, reach: int = 1, prior: float = 50.0) -> torch.Tensor:
-    """image: (N, 3, H, W) RGB in [0, 1]; labels: (N, H, W) integers in 0..num_classes-1. Returns (N, K, H, W)
-    float32: the density of each pixel's colour bin under each class's local colour model (each model sums to 1
-    over the bins)."""
-    if image.ndim != 4 or image.shape[1] != 3 or labels.shape != (image.shape[0], *image.shape[2:]):
-        raise ValueError(f"colour_likelihood takes (N, 3, H, W) images and (N, H, W) labels; got "
-                         f"{tuple(image.shape)} and {tuple(labels.shape)}")
-    if levels < 1 or block < 1 or reach < 0 or prior <= 0 or num_classes < 1:
-        raise ValueError("levels, block and num_classes must be at least 1, reach at least 0, prior positive")
+
+@dataclass(frozen=True)
+class ColourModels:
+    """The models of one batch: `table` (N, K, cells) the density of each (block, colour bin) cell under each class,
+    and `cells` (N, H, W) int each pixel's cell."""
+
+    table: torch.Tensor
+    cells: torch.Tensor
+
+    def likelihood(self) -> torch.Tensor:
+        """(N, K, H, W): each pixel's value in the table, for every class."""
+        n, k, _ = self.table.shape
+        index = self.cells.long().view(n, 1, -1).expand(n, k, -1)
+        return self.table.gather(2, index).view(n, k, *self.cells.shape[1:])
+
+
+def colour_models(image: torch.Tensor, scores: torch.Tensor, *, levels: int = 8, block: int = 32, reach: int = 1,
+                  prior: float = 50.0, power: float = 1.0, backend: EdgeMeanBackend = "auto") -> ColourModels:
+    """image: (N, 3, H, W) RGB in [0, 1]; scores: (N, K, H, W), each pixel's class being its best score (the first on
+    ties). The table holds each model's densities (every model sums to 1 over the colour bins) raised to `power`."""
+    if image.ndim != 4 or image.shape[1] != 3 or scores.ndim != 4 or scores.shape[0] != image.shape[0] or \
+            scores.shape[2:] != image.shape[2:]:
+        raise ValueError(f"colour models take (N, 3, H, W) images and (N, K, H, W) scores; got "
+                         f"{tuple(image.shape)} and {tuple(scores.shape)}")
+    if levels < 1 or block < 1 or reach < 0 or prior <= 0:
+        raise ValueError("levels and block must be at least 1, reach at least 0, prior positive")
+    if resolve_cpu_kernel(backend, image.device, needs_grad=False, kernel="colour-model kernels") == "cpp":
+        counts, cells = torch.ops.refine_cli_colour.colour_counts(image, scores.detach(), levels, block)
+    else:
+        counts, cells = _counts_torch(image, class_map(scores.detach()), scores.shape[1], levels, block)
+    n, k, rows, cols, bins = counts.shape
+    whole = counts.sum((2, 3))  # (N, K, bins)
+    density = (whole + 1.0 / bins) / (whole.sum(-1, keepdim=True) + 1.0)  # never zero
+    local = _box_sum(_box_sum(counts, 2, reach), 3, reach)
+    table = (local + prior * density[:, :, None, None]).div_(local.sum(-1, keepdim=True) + prior)
+    if power != 1.0:
+        table = table.pow_(power)
+    return ColourModels(table.view(n, k, rows * cols * bins), cells)
+
+
+def colour_likelihood(image: torch.Tensor, scores: torch.Tensor, **options) -> torch.Tensor:
+    """(N, K, H, W) float32: the density of each pixel's colour under each class's local model (`colour_models`,
+    whose keyword options it takes)."""
+    return colour_models(image, scores, **options).likelihood()
+
+
+def reweigh(x: torch.Tensor, models: ColourModels, *, floor: float, backend: EdgeMeanBackend = "auto") -> torch.Tensor:
+    """x: (N, K, H, W) probabilities. Returns x times each pixel's model values, renormalised over the classes and
+    floored at `floor`."""
+    needs_grad = torch.is_grad_enabled() and x.requires_grad
+    if resolve_cpu_kernel(backend, x.device, needs_grad=needs_grad, kernel="colour-model kernels") == "cpp":
+        return torch.ops.refine_cli_colour.colour_reweigh(x, models.table, models.cells, floor)
+    weighed = x.float() * models.likelihood()
+    return (weighed / weighed.sum(1, keepdim=True)).clamp_min(floor)
+
+
+def _counts_torch(image: torch.Tensor, labels: torch.Tensor, num_classes: int, levels: int,
+                  block: int) -> tuple[torch.Tensor, torch.Tensor]:
     n, _, height, width = image.shape
     bins = levels**3
     rows, cols = -(-height // block), -(-width // block)
@@ -31,18 +86,13 @@ def colour_likelihood(image: torch.Tensor, labels: torch.Tensor, num_classes: in
     colour = quantised[:, 0].mul(levels).add_(quantised[:, 1]).mul_(levels).add_(quantised[:, 2])  # (N, H, W)
     where = (torch.arange(height, device=image.device) // block)[:, None] * cols + \
         (torch.arange(width, device=image.device) // block)[None, :]
-    cell = colour.add_(where.mul(bins)).long()  # (N, H, W): the pixel's (block, bin) within one class's counts
+    cells = colour.add_(where.mul(bins)).long()  # (N, H, W): the pixel's (block, bin) within one class's counts
     per_class = rows * cols * bins
     image_offset = torch.arange(n, device=image.device)[:, None, None] * (num_classes * per_class)
-    counts = torch.bincount((image_offset + labels.long() * per_class + cell).flatten(),
-                            minlength=n * num_classes * per_class).float()
-    counts = counts.view(n, num_classes, rows, cols, bins)
-    whole = counts.sum((2, 3))  # (N, K, bins)
-    density = (whole + 1.0 / bins) / (whole.sum(-1, keepdim=True) + 1.0)  # never zero
-    local = _box_sum(_box_sum(counts, 2, reach), 3, reach)
-    model = (local + prior * density[:, :, None, None]) / (local.sum(-1, keepdim=True) + prior)
-    model = model.view(n, num_classes, per_class)
-    return model.gather(2, cell.view(n, 1, -1).expand(n, num_classes, -1)).view(n, num_classes, height, width)
+    index = (image_offset + labels.long() * per_class + cells).flatten()
+    counts = torch.zeros(n * num_classes * per_class, device=image.device)
+    counts = counts.index_put_((index,), torch.ones(()).to(counts).expand(index.shape), accumulate=True)
+    return counts.view(n, num_classes, rows, cols, bins), cells
 
 
 def _box_sum(x: torch.Tensor, dim: int, reach: int) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """The C++ CPU kernels (csrc/scan_cpu.cpp: the three-way scans; csrc/edge_mean_cpu.cpp: the colour-gated refiner's
-step): built once at first use with torch.utils.cpp_extension, cached in the
+step; csrc/colour_model_cpu.cpp: its local colour models' per-pixel passes): built once at first use with torch.utils.cpp_extension, cached in the
 torch extensions folder, and wrapped as an autograd function. A machine without a compiler gets a logged warning
 and the PyTorch kernels instead (`available()` is False, `build_error()` says why).
 
@@ -29,7 +29,7 @@ import torch
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = (CSRC / "scan_cpu.cpp", CSRC / "edge_mean_cpu.cpp")
+SOURCES = (CSRC / "scan_cpu.cpp", CSRC / "edge_mean_cpu.cpp", CSRC / "colour_model_cpu.cpp")
 HEADERS = (CSRC / "transpose.h",)
 
 
@@ -106,8 +106,8 @@ def _build(folder: Path, wait_s: float) -> BuildResult:
     log.info("loading the C++ propagation kernels (built once, then cached in %s)", folder)
     try:
         with _sole_builder(folder, wait_s), _build_tools_on_path():
-            # Registers torch.ops.refine_cli_spn.scan_forward / scan_backward and torch.ops.refine_cli_edge.edge_mean
-            # (TORCH_LIBRARY in the sources).
+            # Registers torch.ops.refine_cli_spn.scan_forward / scan_backward, torch.ops.refine_cli_edge.edge_mean
+            # and torch.ops.refine_cli_colour.colour_counts / colour_reweigh (TORCH_LIBRARY in the sources).
             cpp_extension.load(
                 name=EXTENSION_NAME,
                 sources=[str(source) for source in SOURCES],

@@ -44,21 +44,23 @@ def edge_mean(x: torch.Tensor, links: torch.Tensor, dim: int, *, backend: EdgeMe
     if links.shape != expected:
         raise ValueError(f"links must be {expected} for x of shape {tuple(x.shape)} along dim {dim}, "
                          f"got {tuple(links.shape)}")
-    if _resolve(backend, x, links) == "cpp":
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or links.requires_grad)
+    if resolve_cpu_kernel(backend, x.device, needs_grad=needs_grad, kernel="edge_mean kernel") == "cpp":
         return torch.ops.refine_cli_edge.edge_mean(x.float(), links.float(), dim)
     return _edge_mean_torch(x.float(), links.float(), dim)
 
 
-def _resolve(backend: str, x: torch.Tensor, links: torch.Tensor) -> str:
+def resolve_cpu_kernel(backend: str, device: torch.device, *, needs_grad: bool, kernel: str) -> str:
+    """"cpp" or "torch" for a forward-only C++ CPU kernel (`kernel` names it in errors): "auto" takes the C++ one for
+    CPU tensors that need no gradient when it is built; one asked for by name that cannot run raises UsageError."""
     if backend not in EDGE_MEAN_BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(EDGE_MEAN_BACKENDS)}")
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or links.requires_grad)
     if backend == "auto":
-        return "cpp" if x.device.type == "cpu" and not needs_grad and cpp.available() else "torch"
+        return "cpp" if device.type == "cpu" and not needs_grad and cpp.available() else "torch"
     if backend == "cpp":
-        resolve_backend("cpp", x.device)  # raises UsageError with what to install when it cannot run
+        resolve_backend("cpp", device)  # raises UsageError with what to install when it cannot run
         if needs_grad:
-            raise UsageError("the C++ edge_mean kernel has no backward; use backend 'torch' to train through it")
+            raise UsageError(f"the C++ {kernel} has no backward; use backend 'torch' to train through it")
     return backend
 
 

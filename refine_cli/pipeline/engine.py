@@ -21,7 +21,8 @@ from refine_cli.config import IOConfig, PipelineConfig, Precision
 from refine_cli.io import working_size
 from refine_cli.labels import IGNORE_INDEX
 from refine_cli.errors import UsageError
-from refine_cli.models.spn import RESIDUAL_EPS, class_map, present_classes, suppress_absent_classes
+from refine_cli.models.spn import RESIDUAL_EPS, present_classes, suppress_absent_classes
+from refine_cli.ops.class_map import class_map
 from refine_cli.transforms import normalize, resize_images, resized_shape
 from refine_cli.weights import CheckpointMeta
 

@@ -30,7 +30,7 @@ from refine_cli.errors import UsageError
 from refine_cli.labels import IGNORE_INDEX
 from refine_cli.metrics import BoundaryF, ConfusionMatrix
 from refine_cli.models.contract import Refines
-from refine_cli.models.spn import class_map
+from refine_cli.ops.class_map import class_map
 from refine_cli import distributed
 from refine_cli.train.common import (
     data_fingerprint,

@@ -170,7 +170,8 @@ def test_released_forms_decode_from_the_propagated_maps_alone():
 
 
 def test_class_map_and_present_classes_agree_with_argmax_and_one_hot_on_ties():
-    from refine_cli.models.spn import class_map, present_classes
+    from refine_cli.models.spn import present_classes
+    from refine_cli.ops.class_map import class_map
 
     probs = _probs(2, 5, 16, 16, seed=3)
     probs[:, :, :4] = 0.2  # uniform: every class ties, the first wins

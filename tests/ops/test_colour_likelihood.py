@@ -1,12 +1,24 @@
-"""Local colour models: the counts, box sums and lookups of `colour_likelihood` against the definition written out
-pixel by pixel, images of a batch kept apart, and argument errors."""
+"""Local colour models: the counts, box sums and lookups of both backends against the definition written out pixel by
+pixel, images of a batch kept apart, the re-weighing, and argument errors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from refine_cli.ops.colour_likelihood import colour_likelihood
+from refine_cli.errors import UsageError
+from refine_cli.ops import cpp
+from refine_cli.ops.colour_likelihood import colour_likelihood, colour_models, reweigh
+
+BACKENDS = [
+    "torch",
+    pytest.param("cpp", marks=pytest.mark.skipif(not cpp.available(), reason="the C++ kernels could not be built")),
+]
+
+
+def _scores(labels: torch.Tensor, k: int) -> torch.Tensor:
+    return F.one_hot(labels, k).permute(0, 3, 1, 2).float()
 
 
 def _by_definition(image: torch.Tensor, labels: torch.Tensor, k: int, levels: int, block: int, reach: int,
@@ -34,33 +46,62 @@ def _by_definition(image: torch.Tensor, labels: torch.Tensor, k: int, levels: in
     return out
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("block,reach", [(4, 1), (3, 0), (5, 2)])
-def test_matches_the_definition_pixel_by_pixel(block: int, reach: int):
+def test_matches_the_definition_pixel_by_pixel(block: int, reach: int, backend: str):
     gen = torch.Generator().manual_seed(block * 10 + reach)
     image = torch.rand(2, 3, 11, 14, generator=gen)
     labels = torch.randint(0, 3, (2, 11, 14), generator=gen)
-    got = colour_likelihood(image, labels, 3, levels=3, block=block, reach=reach, prior=5.0)
+    got = colour_likelihood(image, _scores(labels, 3), levels=3, block=block, reach=reach, prior=5.0, backend=backend)
     assert got.shape == (2, 3, 11, 14) and got.dtype == torch.float32
     for i in range(2):  # each image of the batch only from its own pixels
         want = _by_definition(image[i], labels[i], 3, 3, block, reach, 5.0).float()
         torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-6)
 
 
-def test_a_colour_seen_only_in_one_class_is_likely_only_there():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_colour_seen_only_in_one_class_is_likely_only_there(backend: str):
     image = torch.zeros(1, 3, 8, 16)
     image[..., 8:] = 1.0  # black left half, white right half
-    labels = torch.zeros(1, 8, 16, dtype=torch.long)
-    labels[..., 8:] = 1
-    got = colour_likelihood(image, labels, 2, block=4)
+    scores = torch.zeros(1, 2, 8, 16)  # tied everywhere: the first class, as argmax ...
+    scores[:, 1, :, 8:] = 1.0  # ... but on the right half
+    got = colour_likelihood(image, scores, block=4, backend=backend)
     assert (got[0, 0, :, :8] > 20 * got[0, 1, :, :8]).all()
     assert (got[0, 1, :, 8:] > 20 * got[0, 0, :, 8:]).all()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reweigh_multiplies_renormalises_and_floors(backend: str):
+    gen = torch.Generator().manual_seed(3)
+    image = torch.rand(2, 3, 9, 13, generator=gen)
+    x = torch.rand(2, 4, 9, 13, generator=gen).softmax(1)
+    x[0, 2] = 1e-12  # floored after renormalising
+    models = colour_models(image, x, levels=4, block=3, power=0.5, backend=backend)
+    want = x * models.likelihood()
+    want = (want / want.sum(1, keepdim=True)).clamp_min(1e-6)
+    got = reweigh(x, models, floor=1e-6, backend=backend)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    assert got[0, 2].eq(1e-6).all()
+
+
+def test_the_cpp_kernels_refuse_gradients():
+    if not cpp.available():
+        pytest.skip("the C++ kernels could not be built")
+    x = torch.rand(1, 2, 4, 4).softmax(1).requires_grad_()
+    models = colour_models(torch.rand(1, 3, 4, 4), x, backend="cpp")
+    with pytest.raises(UsageError, match="no backward"):
+        reweigh(x, models, floor=1e-6, backend="cpp")
+    reweigh(x, models, floor=1e-6, backend="torch").sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 def test_arguments_are_checked():
-    image, labels = torch.rand(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long)
-    with pytest.raises(ValueError, match="labels"):
-        colour_likelihood(image, labels[0], 2)
+    image, scores = torch.rand(1, 3, 4, 4), torch.rand(1, 2, 4, 4)
+    with pytest.raises(ValueError, match="scores"):
+        colour_likelihood(image, scores[0])
     with pytest.raises(ValueError, match="prior"):
-        colour_likelihood(image, labels, 2, prior=0.0)
+        colour_likelihood(image, scores, prior=0.0)
     with pytest.raises(ValueError, match="reach"):
-        colour_likelihood(image, labels, 2, reach=-1)
+        colour_likelihood(image, scores, reach=-1)
+    with pytest.raises(ValueError, match="backend"):
+        colour_likelihood(image, scores, backend="gpu")

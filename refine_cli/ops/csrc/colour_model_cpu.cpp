@@ -1,0 +1,154 @@
+// CPU kernels of the local colour models (refine_cli/ops/colour_likelihood.py): the per-pixel passes, each one loop
+// over the pixels where torch would make several passes over whole tensors. Built with the scan kernels by
+// refine_cli/ops/cpp.py; forward only.
+//
+// colour_counts: every pixel's cell (its block and colour bin: block * bins + bin) and the count of each
+//   (class, cell) over the image, a pixel's class being its best score (the first on ties, as argmax).
+//   image (N, 3, H, W) float in [0, 1]; scores (N, K, H, W) float. Returns counts (N, K, rows, cols, bins) float and
+//   cells (N, H, W) int32.
+// colour_reweigh: out[k, p] = max(x[k, p] * table[k, cell[p]] / sum over k of the same, floor). x (N, K, H, W) float;
+//   table (N, K, rows * cols * bins) float; cells (N, H, W) int32.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> colour_counts(const at::Tensor& image_in, const at::Tensor& scores_in,
+                                                 int64_t levels, int64_t block) {
+  TORCH_CHECK(image_in.dim() == 4 && image_in.size(1) == 3, "colour_counts: image must be (N, 3, H, W)");
+  TORCH_CHECK(scores_in.dim() == 4 && scores_in.size(0) == image_in.size(0) && scores_in.size(2) == image_in.size(2) &&
+                  scores_in.size(3) == image_in.size(3) && scores_in.size(1) >= 1,
+              "colour_counts: scores must be (N, K, H, W) like the image");
+  TORCH_CHECK(levels >= 1 && block >= 1, "colour_counts: levels and block must be at least 1");
+  const at::Tensor image = image_in.to(at::kFloat).contiguous();
+  const at::Tensor scores = scores_in.to(at::kFloat).contiguous();
+  const int64_t K = scores.size(1);
+  const int64_t N = image.size(0), H = image.size(2), W = image.size(3), HW = H * W;
+  const int64_t rows = (H + block - 1) / block, cols = (W + block - 1) / block, bins = levels * levels * levels;
+  const int64_t per_class = rows * cols * bins;
+  at::Tensor counts = at::zeros({N, K, rows, cols, bins}, image.options());
+  at::Tensor cells = at::empty({N, H, W}, image.options().dtype(at::kInt));
+  const float scale = static_cast<float>(static_cast<double>(levels) - 1e-3);  // as the torch path's multiplier
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const float* r = image.data_ptr<float>() + n * 3 * HW;
+      const float* g = r + HW;
+      const float* b = g + HW;
+      const float* score = scores.data_ptr<float>() + n * K * HW;
+      int32_t* cell = cells.data_ptr<int32_t>() + n * HW;
+      float* count = counts.data_ptr<float>() + n * K * per_class;
+      for (int64_t y = 0; y < H; ++y) {
+        const int64_t row_cells = (y / block) * cols * bins;
+        for (int64_t x = 0; x < W; ++x) {
+          const int64_t p = y * W + x;
+          auto q = [scale](float v) { return static_cast<int64_t>(std::min(std::max(v, 0.0f), 1.0f) * scale); };
+          const int64_t c = row_cells + (x / block) * bins + (q(r[p]) * levels + q(g[p])) * levels + q(b[p]);
+          cell[p] = static_cast<int32_t>(c);
+          int64_t best = 0;
+          float top = score[p];
+          for (int64_t k = 1; k < K; ++k) {
+            const float v = score[k * HW + p];
+            if (v > top) top = v, best = k;
+          }
+          count[best * per_class + c] += 1.0f;
+        }
+      }
+    }
+  });
+  return {counts, cells};
+}
+
+at::Tensor colour_reweigh(const at::Tensor& x_in, const at::Tensor& table_in, const at::Tensor& cells_in,
+                          double floor) {
+  TORCH_CHECK(x_in.dim() == 4, "colour_reweigh: x must be (N, K, H, W)");
+  const int64_t N = x_in.size(0), K = x_in.size(1), HW = x_in.size(2) * x_in.size(3);
+  TORCH_CHECK(table_in.dim() == 3 && table_in.size(0) == N && table_in.size(1) == K,
+              "colour_reweigh: table must be (N, K, cells)");
+  TORCH_CHECK(cells_in.numel() == N * HW, "colour_reweigh: cells must be (N, H, W) like x");
+  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  const at::Tensor table = table_in.to(at::kFloat).contiguous();
+  const at::Tensor cells = cells_in.to(at::kInt).contiguous();
+  const int64_t per_class = table.size(2);
+  at::Tensor out = at::empty_like(x);
+  const float low = static_cast<float>(floor);
+  constexpr int64_t kChunk = 4096;
+  const int64_t chunks = (HW + kChunk - 1) / kChunk;
+  at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
+    float sum[kChunk];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / chunks, p0 = (task % chunks) * kChunk, p1 = std::min(p0 + kChunk, HW);
+      const float* xs = x.data_ptr<float>() + n * K * HW;
+      const float* ts = table.data_ptr<float>() + n * K * per_class;
+      const int32_t* cell = cells.data_ptr<int32_t>() + n * HW;
+      float* os = out.data_ptr<float>() + n * K * HW;
+      std::fill(sum, sum + (p1 - p0), 0.0f);
+      for (int64_t k = 0; k < K; ++k) {
+        const float* xk = xs + k * HW;
+        const float* tk = ts + k * per_class;
+        float* ok = os + k * HW;
+        for (int64_t p = p0; p < p1; ++p) {
+          const float v = xk[p] * tk[cell[p]];
+          ok[p] = v;
+          sum[p - p0] += v;
+        }
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        float* ok = os + k * HW;
+        for (int64_t p = p0; p < p1; ++p) ok[p] = std::max(ok[p] / sum[p - p0], low);
+      }
+    }
+  });
+  return out;
+}
+
+// class_map: (N, K, H, W) float scores -> (N, H, W) int64 index of the best class, the first on ties; one pass over
+// the scores (torch's max over the strided class axis of an NCHW tensor reads it ~10x slower).
+at::Tensor class_map(const at::Tensor& scores_in) {
+  TORCH_CHECK(scores_in.dim() == 4 && scores_in.size(1) >= 1, "class_map: scores must be (N, K, H, W)");
+  const at::Tensor scores = scores_in.to(at::kFloat).contiguous();
+  const int64_t N = scores.size(0), K = scores.size(1), HW = scores.size(2) * scores.size(3);
+  at::Tensor out = at::empty({N, scores.size(2), scores.size(3)}, scores.options().dtype(at::kLong));
+  constexpr int64_t kChunk = 4096;
+  const int64_t chunks = (HW + kChunk - 1) / kChunk;
+  at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
+    float top[kChunk];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / chunks, p0 = (task % chunks) * kChunk, p1 = std::min(p0 + kChunk, HW);
+      const float* s = scores.data_ptr<float>() + n * K * HW;
+      int64_t* best = out.data_ptr<int64_t>() + n * HW;
+      std::copy(s + p0, s + p1, top);
+      std::fill(best + p0, best + p1, int64_t{0});
+      for (int64_t k = 1; k < K; ++k) {
+        const float* sk = s + k * HW;
+        for (int64_t p = p0; p < p1; ++p) {
+          if (sk[p] > top[p - p0]) top[p - p0] = sk[p], best[p] = k;
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+// Called through torch.ops.refine_cli_colour.* from refine_cli/ops/colour_likelihood.py.
+TORCH_LIBRARY(refine_cli_colour, m) {
+  m.def("colour_counts(Tensor image, Tensor scores, int levels, int block) -> (Tensor, Tensor)");
+  m.def("colour_reweigh(Tensor x, Tensor table, Tensor cells, float floor) -> Tensor");
+  m.def("class_map(Tensor scores) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(refine_cli_colour, CPU, m) {
+  m.impl("colour_counts", &colour_counts);
+  m.impl("colour_reweigh", &colour_reweigh);
+  m.impl("class_map", &class_map);
+}
