@@ -22,6 +22,22 @@
 
 namespace {
 
+constexpr int64_t kChunk = 4096;  // pixels per task of the per-pixel passes
+
+// Runs fn(n, p0, p1, scratch) in parallel over chunks of at most kChunk pixels of each of N images of HW pixels;
+// scratch holds kChunk floats of the task's own.
+template <typename Fn>
+void for_each_chunk(int64_t N, int64_t HW, const Fn& fn) {
+  const int64_t chunks = (HW + kChunk - 1) / kChunk;
+  at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
+    float scratch[kChunk];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t p0 = (task % chunks) * kChunk;
+      fn(task / chunks, p0, std::min(p0 + kChunk, HW), scratch);
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> colour_counts(const at::Tensor& image_in, const at::Tensor& scores_in,
                                                  int64_t levels, int64_t block) {
   TORCH_CHECK(image_in.dim() == 4 && image_in.size(1) == 3, "colour_counts: image must be (N, 3, H, W)");
@@ -80,31 +96,25 @@ at::Tensor colour_reweigh(const at::Tensor& x_in, const at::Tensor& table_in, co
   const int64_t per_class = table.size(2);
   at::Tensor out = at::empty_like(x);
   const float low = static_cast<float>(floor);
-  constexpr int64_t kChunk = 4096;
-  const int64_t chunks = (HW + kChunk - 1) / kChunk;
-  at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
-    float sum[kChunk];
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / chunks, p0 = (task % chunks) * kChunk, p1 = std::min(p0 + kChunk, HW);
-      const float* xs = x.data_ptr<float>() + n * K * HW;
-      const float* ts = table.data_ptr<float>() + n * K * per_class;
-      const int32_t* cell = cells.data_ptr<int32_t>() + n * HW;
-      float* os = out.data_ptr<float>() + n * K * HW;
-      std::fill(sum, sum + (p1 - p0), 0.0f);
-      for (int64_t k = 0; k < K; ++k) {
-        const float* xk = xs + k * HW;
-        const float* tk = ts + k * per_class;
-        float* ok = os + k * HW;
-        for (int64_t p = p0; p < p1; ++p) {
-          const float v = xk[p] * tk[cell[p]];
-          ok[p] = v;
-          sum[p - p0] += v;
-        }
+  for_each_chunk(N, HW, [&](int64_t n, int64_t p0, int64_t p1, float* sum) {
+    const float* xs = x.data_ptr<float>() + n * K * HW;
+    const float* ts = table.data_ptr<float>() + n * K * per_class;
+    const int32_t* cell = cells.data_ptr<int32_t>() + n * HW;
+    float* os = out.data_ptr<float>() + n * K * HW;
+    std::fill(sum, sum + (p1 - p0), 0.0f);
+    for (int64_t k = 0; k < K; ++k) {
+      const float* xk = xs + k * HW;
+      const float* tk = ts + k * per_class;
+      float* ok = os + k * HW;
+      for (int64_t p = p0; p < p1; ++p) {
+        const float v = xk[p] * tk[cell[p]];
+        ok[p] = v;
+        sum[p - p0] += v;
       }
-      for (int64_t k = 0; k < K; ++k) {
-        float* ok = os + k * HW;
-        for (int64_t p = p0; p < p1; ++p) ok[p] = std::max(ok[p] / sum[p - p0], low);
-      }
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      float* ok = os + k * HW;
+      for (int64_t p = p0; p < p1; ++p) ok[p] = std::max(ok[p] / sum[p - p0], low);
     }
   });
   return out;
@@ -117,21 +127,15 @@ at::Tensor class_map(const at::Tensor& scores_in) {
   const at::Tensor scores = scores_in.to(at::kFloat).contiguous();
   const int64_t N = scores.size(0), K = scores.size(1), HW = scores.size(2) * scores.size(3);
   at::Tensor out = at::empty({N, scores.size(2), scores.size(3)}, scores.options().dtype(at::kLong));
-  constexpr int64_t kChunk = 4096;
-  const int64_t chunks = (HW + kChunk - 1) / kChunk;
-  at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
-    float top[kChunk];
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / chunks, p0 = (task % chunks) * kChunk, p1 = std::min(p0 + kChunk, HW);
-      const float* s = scores.data_ptr<float>() + n * K * HW;
-      int64_t* best = out.data_ptr<int64_t>() + n * HW;
-      std::copy(s + p0, s + p1, top);
-      std::fill(best + p0, best + p1, int64_t{0});
-      for (int64_t k = 1; k < K; ++k) {
-        const float* sk = s + k * HW;
-        for (int64_t p = p0; p < p1; ++p) {
-          if (sk[p] > top[p - p0]) top[p - p0] = sk[p], best[p] = k;
-        }
+  for_each_chunk(N, HW, [&](int64_t n, int64_t p0, int64_t p1, float* top) {
+    const float* s = scores.data_ptr<float>() + n * K * HW;
+    int64_t* best = out.data_ptr<int64_t>() + n * HW;
+    std::copy(s + p0, s + p1, top);
+    std::fill(best + p0, best + p1, int64_t{0});
+    for (int64_t k = 1; k < K; ++k) {
+      const float* sk = s + k * HW;
+      for (int64_t p = p0; p < p1; ++p) {
+        if (sk[p] > top[p - p0]) top[p - p0] = sk[p], best[p] = k;
       }
     }
   });
