@@ -28,6 +28,6 @@ def test_default_refiner_improves_espnet_on_camvid_val(real_data: Path):
         for matrix, bf, labels in ((coarse, coarse_bf, result.coarse), (refined, refined_bf, result.labels)):
             matrix.update(np.asarray(labels, np.int64), gt)
             bf.update(np.asarray(labels, np.int64), gt)
-    # Measured on these 11 frames: mIoU 68.87 -> 69.60, boundary F 60.06 -> 61.11.
-    assert refined.miou >= coarse.miou + 0.003, (coarse.miou, refined.miou)
-    assert refined_bf.score().f >= coarse_bf.score().f + 0.005, (coarse_bf.score().f, refined_bf.score().f)
+    # Measured on these 11 frames: mIoU 68.87 -> 69.71, boundary F 60.06 -> 64.17 (61.11 before the colour models).
+    assert refined.miou >= coarse.miou + 0.005, (coarse.miou, refined.miou)
+    assert refined_bf.score().f >= coarse_bf.score().f + 0.03, (coarse_bf.score().f, refined_bf.score().f)
