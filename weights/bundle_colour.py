@@ -39,6 +39,9 @@ GRID = [
     {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.0},
     {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.5},
     {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 2.0},
+    {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.0, "colour_block": 64},
+    {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.5, "colour_block": 64},
+    {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 2.0, "colour_block": 64},
 ]
 
 
@@ -89,12 +92,14 @@ def grid(real: Path, work: Path, limit: int | None, rows: list[int], camvid_base
                 cells.append(f"{100 * coarse['miou']:.2f}/{100 * coarse['boundary_f']:.2f} -> "
                              f"{100 * refined['miou']:.2f}/{100 * refined['boundary_f']:.2f}")
         table.append((gains, args, cells))
-    print("\n| spatial_sigma | range_sigma | iterations | rounds | colour_weight | " + " | ".join(sets)
+    print("\n| spatial_sigma | range_sigma | iterations | rounds | colour_weight | colour_block | " + " | ".join(sets)
           + " | sum of gains |")
-    print("|---|---|---|---|---|" + "---|" * len(sets) + "---|")
+    print("|---|---|---|---|---|---|" + "---|" * len(sets) + "---|")
     for gains, args, cells in table:
+        weight = args.get("colour_weight", 0.0)
         print(f"| {args['spatial_sigma']:g} | {args['range_sigma']:g} | {args['iterations']} | {args.get('rounds', 1)} | "
-              f"{args.get('colour_weight', 0.0):g} | " + " | ".join(cells) + f" | {gains:+.2f} |")
+              f"{weight:g} | {args.get('colour_block', 32) if weight else '-'} | " + " | ".join(cells)
+              + f" | {gains:+.2f} |")
 
 
 def main() -> None:
