@@ -152,3 +152,18 @@ def test_colour_model_arguments_are_checked():
     for bad in ({"colour_weight": -1.0}, {"colour_block": 0}):
         with pytest.raises(ValueError, match="colour"):
             ColourPropagation(**bad)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 5), (40, 1), (33, 65)])
+def test_colour_models_run_on_any_size_and_both_backends_agree(size: tuple[int, int]):
+    from refine_cli.ops import cpp
+
+    gen = torch.Generator().manual_seed(size[0] * 100 + size[1])
+    image = torch.rand(2, 3, *size, generator=gen)
+    coarse = torch.rand(2, 3, *size, generator=gen).softmax(1)
+    torch_out = ColourPropagation(colour_weight=1.0, backend="torch")(image, coarse)
+    assert torch_out.shape == coarse.shape and torch.isfinite(torch_out).all()
+    torch.testing.assert_close(torch_out.exp().sum(1), torch.ones(2, *size), rtol=0, atol=1e-4)
+    if cpp.available():
+        cpp_out = ColourPropagation(colour_weight=1.0, backend="cpp")(image, coarse)
+        torch.testing.assert_close(cpp_out, torch_out, rtol=1e-4, atol=1e-5)
