@@ -129,6 +129,7 @@ def test_refiner_vs_crf_says_what_is_missing(nets: dict[str, str], tmp_path: Pat
     assert result.exit_code == 2 and "pydensecrf2" in result.output
 
 
+@pytest.mark.slow
 def test_scaling_table_json_and_plot(nets: dict[str, str], tmp_path: Path):
     pytest.importorskip("matplotlib")
     plot = tmp_path / "scaling.png"

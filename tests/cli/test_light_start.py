@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "numpy", "cv2", "refine_cli.pipeline", "refine_cli.models", "refine_cli.train")
 
@@ -58,6 +60,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
+@pytest.mark.slow
 def test_help_and_usage_errors_import_no_torch():
     proc = _run("-c", SCRIPT.format(heavy=HEAVY, usage_errors=USAGE_ERRORS))
     assert proc.returncode == 0, proc.stderr

@@ -17,6 +17,7 @@ class _Kill(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_killed_runs_resume_and_finished_runs_are_reused(world: Path, tmp_path: Path):
     recipe = common.Recipe(steps=4, batch_size=2, crop_size=32, log_every=1, checkpoint_every=2)
     config = common.base_config(recipe, world, "deeplab_largefov_vgg16_compact", {"width": 0.125, "fc_channels": 8})

@@ -42,6 +42,7 @@ def base_and_refiner(world: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     return base.model_path, refiner.model_path
 
 
+@pytest.mark.slow
 def test_scores_given_and_trained_nets(world: Path, tmp_path: Path, base_and_refiner: tuple[Path, Path]):
     base, refiner = base_and_refiner
     argv = [*tiny(world, tmp_path, steps=2), "--refiner", str(refiner), "--base", f"tiny_lfov={base}",

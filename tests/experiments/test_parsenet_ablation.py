@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -15,6 +16,7 @@ from refine_cli.bench.workload import random_checkpoint
 from tests.experiments.conftest import tiny
 
 
+@pytest.mark.slow
 def test_three_variants(world: Path, tmp_path: Path):
     report = parsenet_ablation.main(tiny(world, tmp_path, steps=2))
     saved = json.loads((tmp_path / "results" / "parsenet_ablation.json").read_text())
@@ -35,6 +37,7 @@ def test_three_variants(world: Path, tmp_path: Path):
         assert img.format == "PNG"
 
 
+@pytest.mark.slow
 def test_divergence_is_recorded_and_not_repeated(world: Path, tmp_path: Path):
     argv = [*tiny(world, tmp_path, steps=4), "--optimizer", "sgd", "--lr", "1e30", "--name", "blowup"]
     report = parsenet_ablation.main(argv)
@@ -48,6 +51,7 @@ def test_divergence_is_recorded_and_not_repeated(world: Path, tmp_path: Path):
     assert all(v["run"]["reused"] for v in again["variants"].values())
 
 
+@pytest.mark.slow
 def test_init_from_a_trained_net_keeps_its_trunk_and_drops_its_classifier(world: Path, tmp_path: Path):
     donor = random_checkpoint("deeplab_largefov_vgg16_compact", tmp_path / "donor", seed=3)
     donor_state = weights.load_checkpoint(donor).state_dict

@@ -315,6 +315,7 @@ def test_ctrl_c_during_model_loading_still_writes_the_summary_and_json(nets, tmp
     assert json.loads(summary.read_text())["interrupted"] is True
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_run_counts_every_file_on_disk(nets, tmp_path: Path, monkeypatch):
     images = tmp_path / "many"
     images.mkdir()
@@ -370,6 +371,7 @@ def test_stale_temps_of_killed_runs_are_removed(nets, tmp_path: Path):
         "masks/notes.part.txt", "masks/x.png", "overlays/x.jpg", "probs/x.npz"]
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_out_is_refused(nets, tmp_path: Path):
     out = tmp_path / "out"
     live_temp = out / "masks" / ".x.0123456789ab.part.png"  # a write of the run that holds the folder

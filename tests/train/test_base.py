@@ -76,6 +76,7 @@ class _Kill(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_matches_an_uninterrupted_run(world: Path, tmp_path: Path):
     # Dropout, SGD momentum and random rescale / crop / flip all have to pick up exactly where they stopped.
     config = base_config(world)
