@@ -53,8 +53,9 @@ def colour_models(image: torch.Tensor, scores: torch.Tensor, *, levels: int = 8,
     n, k, rows, cols, bins = counts.shape
     whole = counts.sum((2, 3))  # (N, K, bins)
     density = (whole + 1.0 / bins) / (whole.sum(-1, keepdim=True) + 1.0)  # never zero
-    local = _box_sum(_box_sum(counts, 2, reach), 3, reach)
-    table = (local + prior * density[:, :, None, None]).div_(local.sum(-1, keepdim=True) + prior)
+    local = _box_sum(_box_sum(counts, 2, reach), 3, reach)  # counts are not read again: may be `local` itself
+    totals = local.sum(-1, keepdim=True).add_(prior)
+    table = local.add_(prior * density[:, :, None, None]).div_(totals)
     if power != 1.0:
         table = table.pow_(power)
     return ColourModels(table.view(n, k, rows * cols * bins), cells)

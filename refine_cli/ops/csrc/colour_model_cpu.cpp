@@ -38,6 +38,20 @@ void for_each_chunk(int64_t N, int64_t HW, const Fn& fn) {
   });
 }
 
+// The best of K score planes (plane stride HW) for pixels p0..p1, the first on ties: planes outer, pixels inner (the
+// pixels are contiguous, the classes are not). top: p1 - p0 floats of scratch.
+template <typename Index>
+void best_in_chunk(const float* s, int64_t K, int64_t HW, int64_t p0, int64_t p1, float* top, Index* best) {
+  std::copy(s + p0, s + p1, top);
+  std::fill(best + p0, best + p1, Index{0});
+  for (int64_t k = 1; k < K; ++k) {
+    const float* sk = s + k * HW;
+    for (int64_t p = p0; p < p1; ++p) {
+      if (sk[p] > top[p - p0]) top[p - p0] = sk[p], best[p] = static_cast<Index>(k);
+    }
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> colour_counts(const at::Tensor& image_in, const at::Tensor& scores_in,
                                                  int64_t levels, int64_t block) {
   TORCH_CHECK(image_in.dim() == 4 && image_in.size(1) == 3, "colour_counts: image must be (N, 3, H, W)");
@@ -54,32 +68,27 @@ std::tuple<at::Tensor, at::Tensor> colour_counts(const at::Tensor& image_in, con
   at::Tensor counts = at::zeros({N, K, rows, cols, bins}, image.options());
   at::Tensor cells = at::empty({N, H, W}, image.options().dtype(at::kInt));
   const float scale = static_cast<float>(static_cast<double>(levels) - 1e-3);  // as the torch path's multiplier
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      const float* r = image.data_ptr<float>() + n * 3 * HW;
-      const float* g = r + HW;
-      const float* b = g + HW;
-      const float* score = scores.data_ptr<float>() + n * K * HW;
-      int32_t* cell = cells.data_ptr<int32_t>() + n * HW;
-      float* count = counts.data_ptr<float>() + n * K * per_class;
-      for (int64_t y = 0; y < H; ++y) {
-        const int64_t row_cells = (y / block) * cols * bins;
-        for (int64_t x = 0; x < W; ++x) {
-          const int64_t p = y * W + x;
-          auto q = [scale](float v) { return static_cast<int64_t>(std::min(std::max(v, 0.0f), 1.0f) * scale); };
-          const int64_t c = row_cells + (x / block) * bins + (q(r[p]) * levels + q(g[p])) * levels + q(b[p]);
-          cell[p] = static_cast<int32_t>(c);
-          int64_t best = 0;
-          float top = score[p];
-          for (int64_t k = 1; k < K; ++k) {
-            const float v = score[k * HW + p];
-            if (v > top) top = v, best = k;
-          }
-          count[best * per_class + c] += 1.0f;
-        }
-      }
+  at::Tensor best = at::empty({N, H, W}, cells.options());
+  for_each_chunk(N, HW, [&](int64_t n, int64_t p0, int64_t p1, float* top) {
+    const float* r = image.data_ptr<float>() + n * 3 * HW;
+    const float* g = r + HW;
+    const float* b = g + HW;
+    int32_t* cell = cells.data_ptr<int32_t>() + n * HW;
+    auto q = [scale](float v) { return static_cast<int64_t>(std::min(std::max(v, 0.0f), 1.0f) * scale); };
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t y = p / W, x = p - y * W;
+      cell[p] = static_cast<int32_t>(((y / block) * cols + x / block) * bins + (q(r[p]) * levels + q(g[p])) * levels +
+                                     q(b[p]));
     }
+    best_in_chunk(scores.data_ptr<float>() + n * K * HW, K, HW, p0, p1, top, best.data_ptr<int32_t>() + n * HW);
   });
+  // The count itself stays one loop: its increments land anywhere in the table.
+  const int32_t* cell = cells.data_ptr<int32_t>();
+  const int32_t* klass = best.data_ptr<int32_t>();
+  float* count = counts.data_ptr<float>();
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t p = n * HW; p < (n + 1) * HW; ++p) count[(n * K + klass[p]) * per_class + cell[p]] += 1.0f;
+  }
   return {counts, cells};
 }
 
@@ -128,16 +137,7 @@ at::Tensor class_map(const at::Tensor& scores_in) {
   const int64_t N = scores.size(0), K = scores.size(1), HW = scores.size(2) * scores.size(3);
   at::Tensor out = at::empty({N, scores.size(2), scores.size(3)}, scores.options().dtype(at::kLong));
   for_each_chunk(N, HW, [&](int64_t n, int64_t p0, int64_t p1, float* top) {
-    const float* s = scores.data_ptr<float>() + n * K * HW;
-    int64_t* best = out.data_ptr<int64_t>() + n * HW;
-    std::copy(s + p0, s + p1, top);
-    std::fill(best + p0, best + p1, int64_t{0});
-    for (int64_t k = 1; k < K; ++k) {
-      const float* sk = s + k * HW;
-      for (int64_t p = p0; p < p1; ++p) {
-        if (sk[p] > top[p - p0]) top[p - p0] = sk[p], best[p] = k;
-      }
-    }
+    best_in_chunk(scores.data_ptr<float>() + n * K * HW, K, HW, p0, p1, top, out.data_ptr<int64_t>() + n * HW);
   });
   return out;
 }
