@@ -7,8 +7,8 @@ c's histogram over the whole image (weight `prior` pixels, so a class with few p
 colours), as in the local classifiers of Video SnapCut (Bai et al., SIGGRAPH 2009) with histograms for classifiers.
 Every step is a count, a box sum or a lookup: linear in the pixels, whatever the number of classes.
 
-Backends, as `refine_cli.ops.edge_mean`'s: "cpp" (csrc/colour_model_cpu.cpp: the count and the lookup as one loop over
-the pixels each, forward only), "torch" (differentiable in the probabilities) and "auto".
+Backends, as `refine_cli.ops.edge_mean`'s: "cpp" (csrc/colour_model_cpu.cpp: the count and the re-weighing as one
+loop over the pixels each, forward only), "torch" (differentiable in the probabilities) and "auto".
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from refine_cli.ops.edge_mean import EdgeMeanBackend, resolve_cpu_kernel
 from refine_cli.ops.class_map import class_map
+from refine_cli.ops.edge_mean import EdgeMeanBackend, resolve_cpu_kernel
 
 
 @dataclass(frozen=True)
