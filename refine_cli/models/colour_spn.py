@@ -85,7 +85,7 @@ class ColourPropagation(nn.Module):
         image = image.float()
         # Floored, so that no sum decays into subnormal floats (slow), and renormalised over the classes given (the
         # pipeline passes only those some pixel votes for).
-        x = coarse.float().clamp_min(PROB_FLOOR)
+        x = coarse.float().clamp_min(PROB_FLOOR).contiguous()  # each class map one plane, as the scans read it
         x = x / x.sum(1, keepdim=True)
         # Colour differences between neighbours, the same at every scale: along rows and along columns.
         across_columns = (image[..., 1:] - image[..., :-1]).abs().sum(1)  # (N, H, W-1)

@@ -149,7 +149,10 @@ def masks_to_probs(
     the regions of `image` (N, 3, H, W) RGB in [0, 1] (`fill_unknown`), so the refiner places their boundaries where
     the image has them, not by breaking a K-way tie."""
     given = masks != unknown if unknown is not None else torch.ones_like(masks, dtype=torch.bool)
-    probs = F.one_hot(masks.masked_fill(~given, 0).long(), num_classes).permute(0, 3, 1, 2).float()
+    # Scattered into a (N, K, H, W) tensor rather than F.one_hot's (N, H, W, K) permuted: the refiner's per-class
+    # passes read each class map as one contiguous plane (a permuted one costs a copy in every pass).
+    probs = torch.zeros(masks.shape[0], num_classes, *masks.shape[1:], device=masks.device)
+    probs.scatter_(1, masks.masked_fill(~given, 0).long()[:, None], 1.0)
     return probs if bool(given.all()) else fill_unknown(probs, given[:, None], image)
 
 

@@ -91,6 +91,15 @@ def test_fill_unknown_keeps_known_pixels_and_sums_to_one():
     torch.testing.assert_close(everything, torch.full((1, 4, 8, 8), 0.25))
 
 
+
+def test_masks_to_probs_gives_one_hot_class_planes():
+    masks = torch.tensor([[[0, 2, 1], [2, 2, 0]]])
+    probs = masks_to_probs(masks, 4, unknown=None)
+    # Contiguous (N, K, H, W): the refiner's per-class passes read each class map as one plane.
+    assert probs.shape == (1, 4, 2, 3) and probs.is_contiguous() and probs.dtype == torch.float32
+    for k in range(4):
+        torch.testing.assert_close(probs[0, k], (masks[0] == k).float())
+
 def test_binary_rule_is_one_for_files_and_arrays(masks_only: Refiner, tmp_path: Path):
     binary = np.zeros((32, 32), np.uint8)
     binary[8:24, 8:20] = 255
