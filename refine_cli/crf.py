@@ -22,6 +22,12 @@ def crf_available() -> bool:
     return importlib.util.find_spec("pydensecrf") is not None
 
 
+def require_crf() -> None:
+    """A UsageError saying how to install the dense CRF, unless it is installed: before any work that needs it."""
+    if not crf_available():
+        raise UsageError(_MISSING)
+
+
 def _densecrf() -> ModuleType:
     try:
         import pydensecrf.densecrf as densecrf

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from refine_cli.config import CRFConfig, SynthConfig
-from refine_cli.crf import crf_available
+from refine_cli.crf import require_crf
 from refine_cli.data.synth import SYNTH_CLASSES, SynthDataset
 from refine_cli.errors import DataError, UsageError
 from refine_cli.evaluation import BASE, CRF, SPN, EvalReport, evaluate
@@ -82,8 +82,7 @@ def compare_refiner_crf(
             f"the base network {model.base.path.name} predicts {len(model.classes)} classes but the synthetic world "
             f"has {len(SYNTH_CLASSES)}; use a base network trained on it (e.g. the bundled default)"
         )
-    if not crf_available():
-        raise UsageError('the dense CRF needs the optional package pydensecrf2: pip install "refine-cli[crf]"')
+    require_crf()
     config = replace(crf or CRFConfig(), iterations=crf_iterations)
     dataset = SynthDataset(SynthConfig(n=n, seed=seed, height=size, width=size, val_fraction=0.0), split="all")
     _warm_up(model, dataset[0].image)

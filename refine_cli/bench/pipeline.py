@@ -1,6 +1,7 @@
 """Folder throughput (`refine-cli bench pipeline`): `Refiner.refine_items` over a folder with the base network
 alone and with the refiner, where the time goes (decode, base, refiner, write), and the base network's bare forward
-throughput that a folder run is held against."""
+throughput that a folder run is held against; or, given coarse masks, the whole `refine --masks` run against the
+dense CRF's time on the same images and masks."""
 
 from __future__ import annotations
 
@@ -17,16 +18,19 @@ import numpy as np
 import torch
 
 from refine_cli import io
+from refine_cli.crf import DenseCRF, label_probs, require_crf
 from refine_cli.bench.timing import median_seconds
 from refine_cli.bench.workload import write_synthetic_jpegs
-from refine_cli.config import BenchConfig
-from refine_cli.errors import InputError
+from refine_cli.config import BenchConfig, CRFConfig
+from refine_cli.errors import InputError, UsageError
 from refine_cli.pipeline import FolderOptions, Refiner, StageTimes
+from refine_cli.pipeline.engine import mask_classes
+from refine_cli.pipeline.folder import find_mask
 from refine_cli.transforms import normalize, resize_images, resized_shape
 
 _BENCH = BenchConfig()
 
-BASE_ONLY, WITH_REFINER = "base only", "base + refiner"
+BASE_ONLY, WITH_REFINER, MASKS_REFINER = "base only", "base + refiner", "masks + refiner"
 STAGES: tuple[str, ...] = ("decode", "base", "refiner", "write")
 SHARES_NOTE = (
     "decode and write run in background threads, overlapping the networks: stage shares are fractions of the "
@@ -78,7 +82,10 @@ class PipelineReport:
     base: str
     refiner: str | None
     runs: tuple[FolderRun, ...]
-    bare_base_images_per_s: float  # the base network's forward alone on decoded, transferred, normalised batches
+    bare_base_images_per_s: float | None  # the base network's forward alone (None with masks: no base network)
+    masks: str | None = None  # the coarse masks' folder (`refine --masks`), or None
+    crf_ms_per_image: float | None = None  # with masks: the dense CRF on the same images and masks
+    crf_iterations: int | None = None
     note: str = SHARES_NOTE
 
     def run(self, mode: str) -> FolderRun | None:
@@ -88,11 +95,21 @@ class PipelineReport:
         """A folder run's throughput over the base network's bare forward throughput (1.0: I/O and the rest of the
         pipeline fully hidden behind the base network)."""
         run = self.run(mode)
-        return None if run is None else run.images_per_s / self.bare_base_images_per_s
+        if run is None or self.bare_base_images_per_s is None:
+            return None
+        return run.images_per_s / self.bare_base_images_per_s
+
+    def ratio_to_crf(self) -> float | None:
+        """With masks: the whole `refine --masks` run's time per image (wall) over the dense CRF's."""
+        run = self.run(MASKS_REFINER)
+        if run is None or self.crf_ms_per_image is None:
+            return None
+        return 1e3 / run.images_per_s / self.crf_ms_per_image
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["ratio_to_bare_base"] = {run.mode: self.ratio_to_bare(run.mode) for run in self.runs}
+        d["ratio_to_crf"] = self.ratio_to_crf()
         return d
 
 
@@ -110,6 +127,9 @@ def bench_pipeline(
     compile: bool = False,
     size: int | None = None,
     source: str | None = None,
+    masks: str | Path | None = None,
+    num_classes: int | None = None,
+    crf_iterations: int = _BENCH.crf_iterations,
     progress: Callable[[str], None] | None = None,
 ) -> PipelineReport:
     """Time `Refiner.refine_items` over `inputs` (files, folders, globs) into a temporary folder, overwriting, with
@@ -117,16 +137,29 @@ def bench_pipeline(
     each, then `repeats` rounds taking each mode in turn (so load drifting on a shared machine hits both alike).
     Outputs are what `refine-cli refine` writes: masks, and overlays when `overlay`. `size` / `source` only label
     the report. `progress(message)` is called before each run. Every image must go through: a failed file raises
-    InputError."""
+    InputError.
+
+    With `masks` (a folder of coarse masks, as `refine --masks` takes, with `num_classes` or the class count read
+    from each mask) `base` is not used: the one mode is the refiner on the masks, and the dense CRF (`CRFConfig`
+    at `crf_iterations` mean-field iterations, hard labels at its `label_confidence`) is timed on the same images
+    and masks, once per repeat, decoding outside the timed part."""
     items = io.list_inputs([str(p) for p in inputs]).items
     options: dict[str, Any] = {"device": device, "batch_size": batch_size, "precision": precision,
                                "compile": compile}
     if workers is not None:
         options["workers"] = workers
-    modes = {BASE_ONLY: Refiner(base, None, **options)}
-    if refiner is not None:
-        modes[WITH_REFINER] = Refiner(base, refiner, **options)
-    first = modes[BASE_ONLY]
+    if masks is not None:
+        if refiner is None:
+            raise UsageError("timing `refine --masks` needs a refiner")
+        require_crf()
+        modes = {MASKS_REFINER: Refiner(None, refiner, **options)}
+    else:
+        modes = {BASE_ONLY: Refiner(base, None, **options)}
+        if refiner is not None:
+            modes[WITH_REFINER] = Refiner(base, refiner, **options)
+    first = next(iter(modes.values()))
+    refining = modes.get(WITH_REFINER, modes.get(MASKS_REFINER))
+    masks_dir = Path(masks) if masks is not None else None
     folder_options = FolderOptions(overwrite=True, overlay=overlay)
     walls: dict[str, list[float]] = {mode: [] for mode in modes}
     stage_sums = {mode: StageTimes() for mode in modes}
@@ -135,18 +168,26 @@ def bench_pipeline(
         for mode, model in modes.items():
             if progress is not None:
                 progress(f"warming up {mode}")
-            _run_folder(model, items[: model.batch_size], out / "warmup", folder_options)
+            _run_folder(model, items[: model.batch_size], out / "warmup", folder_options, masks_dir, num_classes)
+        crf_runs: list[float] = []
+        crf_inputs = _crf_inputs(items, masks_dir, num_classes) if masks_dir is not None else []
         for r in range(repeats):
             for i, (mode, model) in enumerate(modes.items()):
                 if progress is not None:
                     progress(f"{mode}: run {r + 1} of {repeats}")
-                wall, stages = _run_folder(model, items, out / f"mode{i}", folder_options)
+                wall, stages = _run_folder(model, items, out / f"mode{i}", folder_options, masks_dir, num_classes)
                 walls[mode].append(wall)
                 stage_sums[mode].add(stages)
+            if crf_inputs:
+                if progress is not None:
+                    progress(f"dense CRF: run {r + 1} of {repeats}")
+                crf_runs.append(_crf_seconds(crf_inputs, CRFConfig(iterations=crf_iterations)) / len(items))
     runs = tuple(_folder_run(mode, walls[mode], stage_sums[mode], len(items)) for mode in modes)
-    if progress is not None:
-        progress("timing the base network's bare forward")
-    bare = bare_base_throughput(first, items, repeats=max(_BENCH.kernel_repeats, repeats))
+    bare = None
+    if masks_dir is None:
+        if progress is not None:
+            progress("timing the base network's bare forward")
+        bare = bare_base_throughput(first, items, repeats=max(_BENCH.kernel_repeats, repeats))
     return PipelineReport(
         source=source or ", ".join(str(p) for p in inputs),
         images=len(items),
@@ -156,23 +197,52 @@ def bench_pipeline(
         precision=precision,
         repeats=repeats,
         base=str(first.base.path) if first.base is not None else "",
-        refiner=str(modes[WITH_REFINER].refiner.path) if WITH_REFINER in modes else None,
+        refiner=str(refining.refiner.path) if refining is not None and refining.refiner is not None else None,
         runs=runs,
         bare_base_images_per_s=bare,
+        masks=str(masks_dir) if masks_dir is not None else None,
+        crf_ms_per_image=1e3 * statistics.median(crf_runs) if crf_runs else None,
+        crf_iterations=crf_iterations if masks_dir is not None else None,
     )
 
 
-def _run_folder(model: Refiner, items: Sequence[io.InputItem], out: Path, options: FolderOptions
-                ) -> tuple[float, StageTimes]:
+def _run_folder(model: Refiner, items: Sequence[io.InputItem], out: Path, options: FolderOptions,
+                masks_dir: Path | None = None, num_classes: int | None = None) -> tuple[float, StageTimes]:
     """Wall seconds of one folder run and the stage seconds it added to the model's running totals."""
     before = replace(model.times)
     start = time.perf_counter()
-    for event in model.refine_items(items, out, options=options):
+    for event in model.refine_items(items, out, masks_dir=masks_dir, num_classes=num_classes, options=options):
         if event.status == "failed":
             raise InputError(f"{event.path}: {event.reason}; the benchmark needs every image to go through")
     wall = time.perf_counter() - start
     after = model.times
     return wall, StageTimes(**{f.name: getattr(after, f.name) - getattr(before, f.name) for f in fields(StageTimes)})
+
+
+def _crf_inputs(items: Sequence[io.InputItem], masks_dir: Path, num_classes: int | None
+                ) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Each image with its coarse mask and class count, decoded (the dense CRF is timed on them as they are)."""
+    inputs = []
+    for item in items:
+        path = find_mask(masks_dir, item.relative)
+        if path is None:
+            raise InputError(f"{item.path}: no coarse mask for it under {masks_dir}; the benchmark needs every "
+                             "image to have one")
+        image, labels = io.read_image(item.path), io.read_mask(path, num_classes=num_classes)
+        if labels.shape != image.shape[:2]:  # as the pipeline does: the mask is resized to its image
+            labels = io.resize_labels(labels, image.shape[:2])
+        k, _ = mask_classes(torch.from_numpy(labels.astype(np.int64)), num_classes)
+        inputs.append((image, labels, k))
+    return inputs
+
+
+def _crf_seconds(inputs: Sequence[tuple[np.ndarray, np.ndarray, int]], config: CRFConfig) -> float:
+    """Seconds for the dense CRF over every (image, mask, classes): unary from the hard labels, mean field, argmax."""
+    start = time.perf_counter()
+    for image, labels, k in inputs:
+        probs = label_probs(labels, k, config.label_confidence)
+        DenseCRF(image, k, config=config).marginals(probs).argmax(0)
+    return time.perf_counter() - start
 
 
 def _folder_run(mode: str, walls: list[float], stages: StageTimes, n: int) -> FolderRun:

@@ -21,7 +21,8 @@ from refine_cli.cli import heavy_imports
 from refine_cli.cli.common import cli_errors, console, err_console, refiner_side
 from refine_cli.cli.evaluate import report_table
 from refine_cli.cli.options import (
-    NETWORKS, OUTPUTS, BatchSize, Compile, DecodeWorkers, Device, JsonOut, PrecisionOpt, RefinerSide,
+    NETWORKS, OUTPUTS, BatchSize, Compile, DecodeWorkers, Device, JsonOut, Masks, NumClasses, PrecisionOpt,
+    RefinerSide,
 )
 from refine_cli.config import BenchConfig, PipelineConfig, Precision
 from refine_cli.errors import UsageError
@@ -131,7 +132,11 @@ def pipeline_table(report: PipelineReport) -> Table:
         ratio = report.ratio_to_bare(run.mode)
         table.add_row(run.mode, f"{run.images_per_s:.2f}", f"{100 * ratio:.0f}%" if ratio is not None else "-",
                       *(_ms_share(getattr(run.ms_per_image, s), getattr(run.shares, s)) for s in STAGES))
-    table.add_row("bare base forward", f"{report.bare_base_images_per_s:.2f}", "100%", *("" for _ in STAGES))
+    if report.bare_base_images_per_s is not None:
+        table.add_row("bare base forward", f"{report.bare_base_images_per_s:.2f}", "100%", *("" for _ in STAGES))
+    if report.crf_ms_per_image is not None:
+        table.add_row(f"dense CRF ({report.crf_iterations} iterations)", f"{1e3 / report.crf_ms_per_image:.2f}", "-",
+                      "", "", f"{report.crf_ms_per_image:.1f}", "")
     return table
 
 
@@ -157,10 +162,16 @@ def pipeline_command(
     precision: PrecisionOpt = Precision.fp32,
     workers: DecodeWorkers = PipelineConfig().decode_workers,
     compile: Compile = False,
+    masks: Masks = None,
+    num_classes: NumClasses = None,
+    crf_iterations: Annotated[int, typer.Option("--crf-iterations", min=1, help="With --masks: mean-field "
+                                                "iterations of the dense CRF timed beside it.",
+                                                rich_help_panel=WORKLOAD)] = DEFAULT.crf_iterations,
     json_out: JsonOut = None,
 ) -> None:
     """Folder throughput of `refine`: images/s with the base network alone and with the refiner, the time per image
-    and share of each stage (decode, base, refiner, write), and the base network's bare forward throughput."""
+    and share of each stage (decode, base, refiner, write), and the base network's bare forward throughput. With
+    --masks (and --images): the whole `refine --masks` run against the dense CRF on the same images and masks."""
     with heavy_imports():
         from refine_cli.bench.pipeline import bench_pipeline, synthetic_folder
     view = _view(json_out)
@@ -168,6 +179,8 @@ def pipeline_command(
         base_choice, refiner_choice = stack.enter_context(_networks(base, None if refiner == "none" else refiner,
                                                                     random_init))
         status = stack.enter_context(view.status("preparing"))
+        if masks is not None and images is None:
+            raise UsageError("--masks needs --images: the folder of images the masks belong to")
         if images is None:
             folder = stack.enter_context(synthetic_folder(
                 n, size, seed=seed, progress=lambda i: status.update(f"rendering image {i} of {n}")))
@@ -177,10 +190,14 @@ def pipeline_command(
         report = bench_pipeline(
             [folder], base=base_choice, refiner=refiner_choice, device=device, batch_size=batch_size,
             precision=precision.value, repeats=repeats, workers=workers, overlay=overlay, compile=compile, size=side,
-            source=source, progress=status.update,
+            source=source, masks=masks, num_classes=num_classes, crf_iterations=crf_iterations,
+            progress=status.update,
         )
     view.print(f"[bold]device[/]: {report.device}", highlight=False)
     view.print(pipeline_table(report))
+    crf_ratio = report.ratio_to_crf()
+    if crf_ratio is not None:
+        view.print(f"refine --masks time per image / dense CRF's: [bold]{crf_ratio:.2f}x[/]", highlight=False)
     view.print(f"[dim]{report.note}.[/]", highlight=False)
     _write_json(json_out, report.to_dict())
 

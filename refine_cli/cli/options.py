@@ -5,6 +5,7 @@ these when the app is built, so `--help` and usage errors stay free of torch."""
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -43,3 +44,10 @@ RefinerSide = Annotated[Optional[int], typer.Option(
     help="Long side above which a learnt SPN refiner runs on a scaled-down copy, its output resized back; 0: full "
     f"resolution (default: {_PIPELINE.cpu_refiner_side} on a CPU, full resolution on a GPU). The colour-gated "
     "refiner (the default) always runs at full resolution.")]
+Masks = Annotated[Optional[Path], typer.Option(
+    "--masks", help="Refine coarse masks from this folder instead of running a base segmenter (matched by relative "
+    "path and stem; palette, grey-index or binary 0/255 PNGs; 255 in a mask with other labels is unknown).",
+    exists=True, file_okay=False, rich_help_panel=NETWORKS)]
+NumClasses = Annotated[Optional[int], typer.Option(
+    "--num-classes", min=2, help="Class count of the --masks (default: read from each mask).",
+    rich_help_panel=NETWORKS)]

@@ -20,7 +20,8 @@ from rich.text import Text
 from refine_cli.cli import INTERRUPTED, heavy_imports
 from refine_cli.cli.common import cli_errors, console, err_console, refiner_side
 from refine_cli.cli.options import (
-    NETWORKS, OUTPUTS, RUN, BatchSize, Compile, DecodeWorkers, Device, JsonOut, PrecisionOpt, RefinerSide,
+    NETWORKS, OUTPUTS, RUN, BatchSize, Compile, DecodeWorkers, Device, JsonOut, Masks, NumClasses, PrecisionOpt,
+    RefinerSide,
 )
 from refine_cli.config import IOConfig, PipelineConfig, Precision
 
@@ -36,13 +37,6 @@ OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder; the in
                                       file_okay=False, rich_help_panel=OUTPUTS)]
 Base = Annotated[str, typer.Option("--base", help="Base segmenter: a checkpoint name or path ('default': bundled).",
                                    rich_help_panel=NETWORKS)]
-Masks = Annotated[Optional[Path], typer.Option(
-    "--masks", help="Refine coarse masks from this folder instead of running a base segmenter (matched by relative "
-    "path and stem; palette, grey-index or binary 0/255 PNGs; 255 in a mask with other labels is unknown).",
-    exists=True, file_okay=False, rich_help_panel=NETWORKS)]
-NumClasses = Annotated[Optional[int], typer.Option(
-    "--num-classes", min=2, help="Class count of the --masks (default: read from each mask).",
-    rich_help_panel=NETWORKS)]
 Overlay = Annotated[bool, typer.Option("--overlay/--no-overlay", help="Also write overlays/<path>.jpg.",
                                        rich_help_panel=OUTPUTS)]
 SaveProbs = Annotated[bool, typer.Option("--save-probs", help="Also write probs/<path>.npz (float16).",

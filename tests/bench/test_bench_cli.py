@@ -10,10 +10,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
+from refine_cli import crf
 from refine_cli.bench import compare, scaling
 from refine_cli.bench.workload import random_checkpoint, write_synthetic_jpegs
 from refine_cli.cli import app
@@ -98,6 +101,46 @@ def test_pipeline_fails_on_an_unreadable_image(nets: dict[str, str], tmp_path: P
     assert result.exit_code == 1 and "broken.jpg" in result.output and "every image" in result.output
 
 
+def _masks_for(images: list[Path], folder: Path) -> None:
+    folder.mkdir()
+    for i, image in enumerate(images):
+        labels = np.zeros((48, 48), np.uint8)
+        labels[8:40, 10 + i : 30 + i] = 1
+        labels[30:, :12] = 2
+        Image.fromarray(labels).save(folder / f"{image.stem}.png")
+
+
+@pytest.mark.skipif(not crf_available(), reason="pydensecrf2 is not installed")
+def test_pipeline_with_masks_times_the_refiner_against_the_crf(nets: dict[str, str], tmp_path: Path):
+    images = write_synthetic_jpegs(tmp_path / "in", n=2, size=48)
+    _masks_for(images, tmp_path / "masks")
+    d = invoke("pipeline", "--images", str(tmp_path / "in"), "--masks", str(tmp_path / "masks"), "--repeats", "2",
+               "--device", "cpu", "--no-overlay", "--refiner", nets["refiner"], "--crf-iterations", "2")
+    assert (d["images"], d["masks"], d["base"], d["crf_iterations"]) == (2, str(tmp_path / "masks"), "", 2)
+    [run] = d["runs"]
+    assert run["mode"] == "masks + refiner" and len(run["wall_s"]) == 2
+    assert run["ms_per_image"]["base"] == 0.0 and run["ms_per_image"]["refiner"] > 0
+    assert d["bare_base_images_per_s"] is None and d["ratio_to_bare_base"] == {"masks + refiner": None}
+    assert d["crf_ms_per_image"] > 0
+    assert d["ratio_to_crf"] == pytest.approx(1e3 / run["images_per_s"] / d["crf_ms_per_image"])
+
+
+def test_pipeline_with_masks_needs_images_and_a_mask_for_each(nets: dict[str, str], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    images = write_synthetic_jpegs(tmp_path / "in", n=2, size=48)
+    _masks_for(images[:1], tmp_path / "masks")
+    args = ["bench", "pipeline", "--masks", str(tmp_path / "masks"), "--repeats", "1", "--device", "cpu",
+            "--refiner", nets["refiner"]]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--masks needs --images" in result.output
+    if crf_available():
+        result = runner.invoke(app, [*args, "--images", str(tmp_path / "in")])
+        assert result.exit_code == 1 and images[1].name in result.output and "no coarse mask" in result.output
+    monkeypatch.setattr(crf, "crf_available", lambda: False)
+    result = runner.invoke(app, [*args, "--images", str(tmp_path / "in")])
+    assert result.exit_code == 2 and "pydensecrf2" in result.output
+
+
 @pytest.mark.skipif(not crf_available(), reason="pydensecrf2 is not installed")
 def test_refiner_vs_crf(nets: dict[str, str]):
     d = invoke("refiner-vs-crf", "--n", "2", "--size", "64", "--crf-iterations", "2", "--device", "cpu",
@@ -124,7 +167,7 @@ def test_refiner_vs_crf_says_what_is_missing(nets: dict[str, str], tmp_path: Pat
                               fc_channels=16)
     result = runner.invoke(app, [*args, "--base", str(three)])
     assert result.exit_code == 1 and "predicts 3 classes" in result.output
-    monkeypatch.setattr(compare, "crf_available", lambda: False)
+    monkeypatch.setattr(crf, "crf_available", lambda: False)
     result = runner.invoke(app, [*args, "--base", nets["base"]])
     assert result.exit_code == 2 and "pydensecrf2" in result.output
 
