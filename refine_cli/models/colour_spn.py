@@ -86,7 +86,7 @@ class ColourPropagation(nn.Module):
         # Floored, so that no sum decays into subnormal floats (slow), and renormalised over the classes given (the
         # pipeline passes only those some pixel votes for).
         x = coarse.float().clamp_min(PROB_FLOOR).contiguous()  # each class map one plane, as the scans read it
-        x = x / x.sum(1, keepdim=True)
+        x = x.div_(x.sum(1, keepdim=True))  # x is a new tensor (clamp_min): divided in place
         # Colour differences between neighbours, the same at every scale: along rows and along columns.
         across_columns = (image[..., 1:] - image[..., :-1]).abs().sum(1)  # (N, H, W-1)
         across_rows = (image[..., 1:, :] - image[..., :-1, :]).abs().sum(1)  # (N, H-1, W)
