@@ -85,7 +85,7 @@ class PipelineReport:
     bare_base_images_per_s: float | None  # the base network's forward alone (None with masks: no base network)
     masks: str | None = None  # the coarse masks' folder (`refine --masks`), or None
     crf_ms_per_image: float | None = None  # with masks: the dense CRF on the same images and masks
-    crf_iterations: int | None = None
+    crf: CRFConfig | None = None  # its settings
     note: str = SHARES_NOTE
 
     def run(self, mode: str) -> FolderRun | None:
@@ -129,7 +129,7 @@ def bench_pipeline(
     source: str | None = None,
     masks: str | Path | None = None,
     num_classes: int | None = None,
-    crf_iterations: int = _BENCH.crf_iterations,
+    crf: CRFConfig = CRFConfig(iterations=_BENCH.crf_iterations),
     progress: Callable[[str], None] | None = None,
 ) -> PipelineReport:
     """Time `Refiner.refine_items` over `inputs` (files, folders, globs) into a temporary folder, overwriting, with
@@ -140,9 +140,9 @@ def bench_pipeline(
     InputError.
 
     With `masks` (a folder of coarse masks, as `refine --masks` takes, with `num_classes` or the class count read
-    from each mask) `base` is not used: the one mode is the refiner on the masks, and the dense CRF (`CRFConfig`
-    at `crf_iterations` mean-field iterations, hard labels at its `label_confidence`) is timed on the same images
-    and masks, once per repeat, decoding outside the timed part."""
+    from each mask) `base` is not used: the one mode is the refiner on the masks, and the dense CRF with the settings `crf` (hard labels
+    at its `label_confidence`) is timed on the same images and masks, once per repeat, decoding outside the timed
+    part."""
     items = io.list_inputs([str(p) for p in inputs]).items
     options: dict[str, Any] = {"device": device, "batch_size": batch_size, "precision": precision,
                                "compile": compile}
@@ -181,7 +181,7 @@ def bench_pipeline(
             if crf_inputs:
                 if progress is not None:
                     progress(f"dense CRF: run {r + 1} of {repeats}")
-                crf_runs.append(_crf_seconds(crf_inputs, CRFConfig(iterations=crf_iterations)) / len(items))
+                crf_runs.append(_crf_seconds(crf_inputs, crf) / len(items))
     runs = tuple(_folder_run(mode, walls[mode], stage_sums[mode], len(items)) for mode in modes)
     bare = None
     if masks_dir is None:
@@ -202,7 +202,7 @@ def bench_pipeline(
         bare_base_images_per_s=bare,
         masks=str(masks_dir) if masks_dir is not None else None,
         crf_ms_per_image=1e3 * statistics.median(crf_runs) if crf_runs else None,
-        crf_iterations=crf_iterations if masks_dir is not None else None,
+        crf=crf if masks_dir is not None else None,
     )
 
 

@@ -21,8 +21,9 @@ from refine_cli.cli import heavy_imports
 from refine_cli.cli.common import cli_errors, console, err_console, refiner_side
 from refine_cli.cli.evaluate import report_table
 from refine_cli.cli.options import (
-    NETWORKS, OUTPUTS, BatchSize, Compile, DecodeWorkers, Device, JsonOut, Masks, NumClasses, PrecisionOpt,
-    RefinerSide,
+    CRF_PANEL, NETWORKS, OUTPUTS, BatchSize, Compile, CrfBilateralCompat, CrfBilateralSrgb, CrfBilateralSxy,
+    CrfLabelConfidence, DecodeWorkers, Device, JsonOut, Masks, NumClasses, PrecisionOpt, RefinerSide,
+    crf_config_from,
 )
 from refine_cli.config import BenchConfig, PipelineConfig, Precision
 from refine_cli.errors import UsageError
@@ -135,7 +136,8 @@ def pipeline_table(report: PipelineReport) -> Table:
     if report.bare_base_images_per_s is not None:
         table.add_row("bare base forward", f"{report.bare_base_images_per_s:.2f}", "100%", *("" for _ in STAGES))
     if report.crf_ms_per_image is not None:
-        table.add_row(f"dense CRF ({report.crf_iterations} iterations)", f"{1e3 / report.crf_ms_per_image:.2f}", "-",
+        assert report.crf is not None
+        table.add_row(f"dense CRF ({report.crf.iterations} iterations)", f"{1e3 / report.crf_ms_per_image:.2f}", "-",
                       "", "", f"{report.crf_ms_per_image:.1f}", "")
     return table
 
@@ -166,7 +168,11 @@ def pipeline_command(
     num_classes: NumClasses = None,
     crf_iterations: Annotated[int, typer.Option("--crf-iterations", min=1, help="With --masks: mean-field "
                                                 "iterations of the dense CRF timed beside it.",
-                                                rich_help_panel=WORKLOAD)] = DEFAULT.crf_iterations,
+                                                rich_help_panel=CRF_PANEL)] = DEFAULT.crf_iterations,
+    crf_bilateral_sxy: CrfBilateralSxy = None,
+    crf_bilateral_srgb: CrfBilateralSrgb = None,
+    crf_bilateral_compat: CrfBilateralCompat = None,
+    crf_label_confidence: CrfLabelConfidence = None,
     json_out: JsonOut = None,
 ) -> None:
     """Folder throughput of `refine`: images/s with the base network alone and with the refiner, the time per image
@@ -190,8 +196,9 @@ def pipeline_command(
         report = bench_pipeline(
             [folder], base=base_choice, refiner=refiner_choice, device=device, batch_size=batch_size,
             precision=precision.value, repeats=repeats, workers=workers, overlay=overlay, compile=compile, size=side,
-            source=source, masks=masks, num_classes=num_classes, crf_iterations=crf_iterations,
-            progress=status.update,
+            source=source, masks=masks, num_classes=num_classes, progress=status.update,
+            crf=crf_config_from(crf_iterations, crf_bilateral_sxy, crf_bilateral_srgb, crf_bilateral_compat,
+                                crf_label_confidence),
         )
     view.print(f"[bold]device[/]: {report.device}", highlight=False)
     view.print(pipeline_table(report))

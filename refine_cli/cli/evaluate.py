@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -18,17 +17,19 @@ from rich.table import Table
 
 from refine_cli.cli import heavy_imports
 from refine_cli.cli.common import cli_errors, console, err_console, refiner_side
-from refine_cli.cli.options import DatasetFormat, Device, JsonOut, RefinerSide
-from refine_cli.config import CRFConfig, CRFTuneConfig
+from refine_cli.cli.options import (
+    CRF_PANEL, CrfBilateralCompat, CrfBilateralSrgb, CrfBilateralSxy, CrfLabelConfidence, DatasetFormat, Device,
+    JsonOut, RefinerSide, crf_config_from,
+)
+from refine_cli.config import CRFTuneConfig
 from refine_cli.errors import DataError, UsageError
 
 if TYPE_CHECKING:
     from refine_cli.data import Sample, SegmentationDataset
     from refine_cli.evaluation import CoarseFolder, EvalReport, TunedCRF
 
-CRF_DEFAULT = CRFConfig()
 TUNE_DEFAULT = CRFTuneConfig()
-DATA, NETS, CRF_PANEL = "Data", "Networks and coarse input", "Dense CRF baseline"
+DATA, NETS = "Data", "Networks and coarse input"
 
 
 def _pct(v: float | None) -> str:
@@ -123,19 +124,10 @@ def evaluate_command(
                                       rich_help_panel=CRF_PANEL)] = False,
     crf_iterations: Annotated[int, typer.Option("--crf-iterations", min=1, rich_help_panel=CRF_PANEL,
                                                 help="Mean-field iterations (also while tuning).")] = 5,
-    crf_bilateral_sxy: Annotated[Optional[float], typer.Option(
-        "--crf-bilateral-sxy", rich_help_panel=CRF_PANEL,
-        help=f"Bilateral kernel's spatial sigma, px (default {CRF_DEFAULT.bilateral_sxy:g}).")] = None,
-    crf_bilateral_srgb: Annotated[Optional[float], typer.Option(
-        "--crf-bilateral-srgb", rich_help_panel=CRF_PANEL,
-        help=f"Bilateral kernel's colour sigma (default {CRF_DEFAULT.bilateral_srgb:g}).")] = None,
-    crf_bilateral_compat: Annotated[Optional[float], typer.Option(
-        "--crf-bilateral-compat", rich_help_panel=CRF_PANEL,
-        help=f"Bilateral kernel's weight (default {CRF_DEFAULT.bilateral_compat:g}).")] = None,
-    crf_label_confidence: Annotated[Optional[float], typer.Option(
-        "--crf-label-confidence", min=0.0, max=1.0, rich_help_panel=CRF_PANEL,
-        help="Hard masks: probability given to a pixel's label in the CRF's unary, the rest shared by the other "
-        f"classes (default {CRF_DEFAULT.label_confidence:g}).")] = None,
+    crf_bilateral_sxy: CrfBilateralSxy = None,
+    crf_bilateral_srgb: CrfBilateralSrgb = None,
+    crf_bilateral_compat: CrfBilateralCompat = None,
+    crf_label_confidence: CrfLabelConfidence = None,
     crf_tune_split: Annotated[Optional[str], typer.Option(
         "--crf-tune-split", rich_help_panel=CRF_PANEL,
         help="Grid-search the CRF's bilateral sxy, srgb, compat (and label confidence for hard masks) on this split "
@@ -194,14 +186,8 @@ def evaluate_command(
         coarse = match_coarse(dataset, indices, masks, skip_missing=skip_missing) if masks is not None else None
         crf_config = None
         if crf:
-            crf_config = replace(CRF_DEFAULT, iterations=crf_iterations, **{
-                name: value for name, value in (
-                    ("bilateral_sxy", crf_bilateral_sxy), ("bilateral_srgb", crf_bilateral_srgb),
-                    ("bilateral_compat", crf_bilateral_compat), ("label_confidence", crf_label_confidence),
-                ) if value is not None
-            })
-        if crf_config is not None and crf_config.label_confidence in (0.0, 1.0):
-            raise UsageError("--crf-label-confidence must lie strictly between 0 and 1")
+            crf_config = crf_config_from(crf_iterations, crf_bilateral_sxy, crf_bilateral_srgb, crf_bilateral_compat,
+                                         crf_label_confidence)
         tuned = None
         if crf_tune_split is not None:
             assert crf_config is not None

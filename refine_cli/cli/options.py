@@ -1,18 +1,21 @@
 """Options that commands in more than one module take, each defined once (an option that only one module's commands
-take is defined there), and the help panels they share. Imports typer and `refine_cli.config` only: Typer reads
-these when the app is built, so `--help` and usage errors stay free of torch."""
+take is defined there), and the help panels they share. Imports typer, `refine_cli.config` and `refine_cli.errors`
+only: Typer reads these when the app is built, so `--help` and usage errors stay free of torch."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from refine_cli.config import PipelineConfig, Precision
+from refine_cli.config import CRFConfig, PipelineConfig, Precision
+from refine_cli.errors import UsageError
 
 DATA, NETWORKS, OUTPUTS, RUN = "Data", "Networks", "Outputs", "Execution"
+CRF_PANEL = "Dense CRF baseline"
 
 _PIPELINE = PipelineConfig()
 
@@ -51,3 +54,32 @@ Masks = Annotated[Optional[Path], typer.Option(
 NumClasses = Annotated[Optional[int], typer.Option(
     "--num-classes", min=2, help="Class count of the --masks (default: read from each mask).",
     rich_help_panel=NETWORKS)]
+
+_CRF = CRFConfig()
+CrfBilateralSxy = Annotated[Optional[float], typer.Option(
+    "--crf-bilateral-sxy", rich_help_panel=CRF_PANEL,
+    help=f"Bilateral kernel's spatial sigma, px (default {_CRF.bilateral_sxy:g}).")]
+CrfBilateralSrgb = Annotated[Optional[float], typer.Option(
+    "--crf-bilateral-srgb", rich_help_panel=CRF_PANEL,
+    help=f"Bilateral kernel's colour sigma (default {_CRF.bilateral_srgb:g}).")]
+CrfBilateralCompat = Annotated[Optional[float], typer.Option(
+    "--crf-bilateral-compat", rich_help_panel=CRF_PANEL,
+    help=f"Bilateral kernel's weight (default {_CRF.bilateral_compat:g}).")]
+CrfLabelConfidence = Annotated[Optional[float], typer.Option(
+    "--crf-label-confidence", min=0.0, max=1.0, rich_help_panel=CRF_PANEL,
+    help="Hard masks: probability given to a pixel's label in the CRF's unary, the rest shared by the other "
+    f"classes (default {_CRF.label_confidence:g}).")]
+
+
+def crf_config_from(iterations: int, bilateral_sxy: float | None, bilateral_srgb: float | None,
+                    bilateral_compat: float | None, label_confidence: float | None) -> CRFConfig:
+    """The dense CRF's settings from the --crf-* options: those not given keep `CRFConfig`'s defaults."""
+    config = replace(_CRF, iterations=iterations, **{
+        name: value for name, value in (
+            ("bilateral_sxy", bilateral_sxy), ("bilateral_srgb", bilateral_srgb),
+            ("bilateral_compat", bilateral_compat), ("label_confidence", label_confidence),
+        ) if value is not None
+    })
+    if config.label_confidence in (0.0, 1.0):
+        raise UsageError("--crf-label-confidence must lie strictly between 0 and 1")
+    return config

@@ -20,6 +20,7 @@ from refine_cli import crf
 from refine_cli.bench import compare, scaling
 from refine_cli.bench.workload import random_checkpoint, write_synthetic_jpegs
 from refine_cli.cli import app
+from refine_cli.config import CRFConfig
 from refine_cli.crf import crf_available
 from refine_cli.data.synth import SYNTH_CLASSES
 from refine_cli.weights import load_checkpoint
@@ -115,8 +116,11 @@ def test_pipeline_with_masks_times_the_refiner_against_the_crf(nets: dict[str, s
     images = write_synthetic_jpegs(tmp_path / "in", n=2, size=48)
     _masks_for(images, tmp_path / "masks")
     d = invoke("pipeline", "--images", str(tmp_path / "in"), "--masks", str(tmp_path / "masks"), "--repeats", "2",
-               "--device", "cpu", "--no-overlay", "--refiner", nets["refiner"], "--crf-iterations", "2")
-    assert (d["images"], d["masks"], d["base"], d["crf_iterations"]) == (2, str(tmp_path / "masks"), "", 2)
+               "--device", "cpu", "--no-overlay", "--refiner", nets["refiner"], "--crf-iterations", "2",
+               "--crf-bilateral-sxy", "40", "--crf-label-confidence", "0.8")
+    assert (d["images"], d["masks"], d["base"]) == (2, str(tmp_path / "masks"), "")
+    assert (d["crf"]["iterations"], d["crf"]["bilateral_sxy"], d["crf"]["label_confidence"]) == (2, 40, 0.8)
+    assert d["crf"]["bilateral_srgb"] == CRFConfig().bilateral_srgb
     [run] = d["runs"]
     assert run["mode"] == "masks + refiner" and len(run["wall_s"]) == 2
     assert run["ms_per_image"]["base"] == 0.0 and run["ms_per_image"]["refiner"] > 0
