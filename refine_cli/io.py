@@ -897,11 +897,12 @@ def write_overlay(
         raise UsageError(f"overlay image is {image.shape[:2]} but the labels are {u8.shape}")
     if not 0.0 <= alpha <= 1.0:
         raise UsageError(f"overlay alpha must lie in 0..1; got {alpha}")
-    colours = colorize(u8, palette).astype(np.float32)
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
-    keep = (u8 == ignore_index)[..., None]
-    out = np.where(keep, image.astype(np.float32), blended)
-    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    image = np.ascontiguousarray(image)
+    # One rounded uint8 pass (OpenCV's), not float32 arrays of the whole image: overlays are written for every input.
+    out = cv2.addWeighted(image, 1.0 - alpha, colorize(u8, palette), alpha, 0.0)
+    keep = u8 == ignore_index
+    if keep.any():
+        out[keep] = image[keep]
     if boundaries:
         edges = boundary_map(u8).astype(np.uint8)
         width = max(1, round(_IO.overlay_boundary_px * min(u8.shape) / 512))

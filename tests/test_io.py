@@ -343,6 +343,18 @@ def test_masks_with_300_classes_are_written_as_16bit_png(tmp_path: Path) -> None
     assert colours.shape == (30, 40, 3) and len(np.unique(colours.reshape(-1, 3), axis=0)) == 300
 
 
+def test_overlay_leaves_unknown_pixels_as_the_image_and_takes_16_bit_labels(tmp_path: Path) -> None:
+    image = np.zeros((24, 24, 3), np.uint8)
+    image[..., 1] = 120
+    labels = np.full((24, 24), 255, np.int64)
+    labels[:, 16:] = 300  # a class beyond the palette and beyond 8 bits
+    io.write_overlay(tmp_path / "o.jpg", image, labels, [(0, 0, 0)], alpha=0.5, boundaries=False, quality=100)
+    with Image.open(tmp_path / "o.jpg") as stored:
+        out = np.asarray(stored.convert("RGB")).astype(int)
+    np.testing.assert_allclose(out[:, :12], image[:, :12], atol=3)  # 255: unknown, left as the image
+    assert abs(out[:, 19:, 1].mean() - 120) > 20  # class 300 blended with its (VOC colour map) colour
+
+
 def test_write_overlay_and_probs(tmp_path: Path) -> None:
     image = np.full((16, 16, 3), 100, np.uint8)
     labels = np.zeros((16, 16), np.int64)
