@@ -57,13 +57,19 @@ RAW_RGB = Preprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # RGB in [0, 1]
 
 
 def normalize(images: torch.Tensor, pre: Preprocess) -> torch.Tensor:
-    """(N, 3, H, W) float RGB in [0, 1] -> the network's input: colour order, scale, mean/std applied."""
+    """(N, 3, H, W) float RGB in [0, 1] -> the network's input: colour order, scale, mean/std applied. Steps that
+    change nothing are skipped (no whole-image passes for a network that takes [0, 1] RGB): the result may then be
+    `images` itself, never to be modified in place."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected (N, 3, H, W) images, got {tuple(images.shape)}")
     x = images.flip(1) if pre.color_order == "BGR" else images
-    mean = torch.tensor(pre.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * pre.scale - mean) / std
+    if pre.scale != 1.0:
+        x = x * pre.scale
+    if any(m != 0.0 for m in pre.mean):
+        x = x - torch.tensor(pre.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    if any(s != 1.0 for s in pre.std):
+        x = x / torch.tensor(pre.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return x
 
 
 def resized_shape(height: int, width: int, pre: Preprocess) -> tuple[int, int]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from refine_cli.transforms import Preprocess, resized_shape
+import torch
+
+from refine_cli.transforms import Preprocess, normalize, resized_shape
 
 
 @pytest.mark.parametrize(("rule", "size", "expected"), [
@@ -27,3 +29,14 @@ def test_multiple_never_goes_below_one_multiple():
 def test_unknown_rule_is_refused():
     with pytest.raises(ValueError, match="unknown resize rule 'stretch'"):
         resized_shape(10, 10, Preprocess(resize="stretch", size=5))  # type: ignore[arg-type]
+
+
+def test_normalize_skips_steps_that_change_nothing():
+    images = torch.rand(2, 3, 5, 7)
+    assert normalize(images, Preprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))) is images  # no pass, no copy
+    pre = Preprocess(color_order="BGR", scale=255.0, mean=(1.0, 2.0, 3.0), std=(2.0, 4.0, 8.0))
+    expected = (images.flip(1) * 255 - torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1)) / torch.tensor(
+        [2.0, 4.0, 8.0]).view(1, 3, 1, 1)
+    torch.testing.assert_close(normalize(images, pre), expected)
+    std_only = normalize(images, Preprocess(mean=(0.0, 0.0, 0.0), std=(0.5, 0.5, 0.5)))
+    torch.testing.assert_close(std_only, images * 2)

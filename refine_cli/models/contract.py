@@ -52,11 +52,14 @@ class ReportsScalars(Protocol):
 @runtime_checkable
 class Refines(Protocol):
     """A refiner. per_class: refines each class map alone (any class count) rather than a fixed set; full_resolution:
-    the pipeline must run it on the full-size image; min_side: the smallest side it takes (smaller inputs are padded).
-    forward_parts returns (keep, correction): the logits are keep * log(coarse) + correction."""
+    the pipeline must run it on the full-size image; min_side: the smallest side it takes (smaller inputs are padded);
+    channels_last: its convolutions gain from NHWC images, into which the pipeline then turns them (when its
+    `channels_last` is on); False: it reads NCHW planes. forward_parts returns (keep, correction): the logits are
+    keep * log(coarse) + correction."""
 
     per_class: bool
     full_resolution: bool
     min_side: int
+    channels_last: bool
 
     def forward_parts(self, image: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...

@@ -74,6 +74,7 @@ class SPNRefiner(nn.Module):
     # The encoder's 4x4 stride-2 convolution (padding 1) needs two pixels each way; the pipeline pads smaller inputs.
     min_side = 2
     full_resolution = False  # on a CPU the pipeline may run it on a scaled-down copy (`refiner_side`)
+    channels_last = True  # its guidance network's convolutions take NHWC images
 
     def __init__(
         self,
@@ -182,7 +183,9 @@ def present_classes(scores: torch.Tensor) -> torch.Tensor:
     """(N, K, H, W) scores -> (N, K) bool: which classes win at least one pixel of each image."""
     n, k = scores.shape[:2]
     # A count per (image, class): a scatter of every pixel into (N, K) serialises on a few cells (~10x slower on CPU).
-    labels = class_map(scores) + torch.arange(n, device=scores.device)[:, None, None] * k
+    labels = class_map(scores)
+    if n > 1:  # image i's classes counted at i * k + class
+        labels = labels + torch.arange(n, device=scores.device)[:, None, None] * k
     return torch.bincount(labels.flatten(), minlength=n * k).view(n, k) > 0
 
 

@@ -337,7 +337,8 @@ class Engine:
         module = self.refiner.module
         h, w = images.shape[-2:]
         side = min_side(module)  # smaller images are padded (edge pixels repeated) and the logits cropped back
-        x = self._layout(padded_to(normalize(images, self.refiner.meta.preprocess), side))
+        x = padded_to(normalize(images, self.refiner.meta.preprocess), side)
+        x = self._layout(x) if module.channels_last else x.contiguous()
         k = coarse.shape[1]
         if module.per_class:
             present = votes.any(0).nonzero().flatten()
@@ -397,7 +398,9 @@ class Engine:
             raise UsageError(f"coarse probabilities must be (N, K, H, W) = ({n}, K, {height}, {width}); got "
                              f"{tuple(coarse_probs.shape)}")
         sizes = list(out_sizes) if out_sizes is not None else [(height, width)] * n
-        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        # NCHW planes (a permuted view would stay channels-last through .float(), and every per-channel pass of the
+        # refiner would copy or stride through it); the base network's layout is set where it runs (`_layout`).
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).contiguous().float().div_(255)
         work = working_size(height, width, self.max_side)
         xw = resize_images(x, work)
         del x
@@ -414,7 +417,11 @@ class Engine:
                 coarse = self.base_probs(xw)
         if self.refiner is not None:
             with self._timed("refiner"):
-                probs = self.refine_logits(xw, coarse).softmax(dim=1)
+                probs = self.refine_logits(xw, coarse)
+                # Labels at the working size are the logits' argmax, which the softmax keeps: it runs only when
+                # probabilities are returned or blended into another size (`class_map_at`).
+                if want_probs or any(size != work for size in sizes):
+                    probs = probs.softmax(dim=1)
         else:
             probs = coarse
         labels = [class_map_at(p, size) for p, size in zip(probs, sizes)]

@@ -89,6 +89,24 @@ def test_the_pipeline_runs_it_at_full_resolution(tmp_path: Path):
     assert np.array_equal(np.asarray(result.labels), expected)
 
 
+def test_the_pipeline_gives_it_planar_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Channels-last is on by default for convolutions; this refiner has none and reads each channel as one plane.
+    seen = []
+    forward_parts = ColourPropagation.forward_parts
+
+    def spy(self, image, coarse):
+        seen.append((image.is_contiguous(), coarse.is_contiguous()))
+        return forward_parts(self, image, coarse)
+
+    monkeypatch.setattr(ColourPropagation, "forward_parts", spy)
+    model = Refiner(base=None, refiner=str(_checkpoint(tmp_path)), device="cpu", channels_last=True)
+    image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    mask = np.zeros((40, 56), np.uint8)
+    mask[:, 30:] = 2
+    model.refine(image, mask=mask)
+    assert seen == [(True, True)]
+
+
 @pytest.mark.slow
 def test_real_object_masks_get_sharper_and_no_worse(real_data: Path):
     # Held-out DAVIS sequences, ground truth coarsened like a stride-8 network's output enlarged by pixel
