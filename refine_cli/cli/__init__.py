@@ -14,6 +14,9 @@ INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIG
 
 
 def main() -> None:
+    from refine_cli.allocator import keep_freed_memory
+
+    keep_freed_memory()  # before torch allocates anything: the per-image maps are then reused, not faulted in again
     with heavy_imports():
         from refine_cli.cli.root import app
     app()
