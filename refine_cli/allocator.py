@@ -2,10 +2,10 @@
 
 A refinement frees and allocates the same few full-size maps for every image (class maps of a 480 x 360 frame: a
 few MB each). glibc's malloc serves blocks that size with fresh mmaps or returns them to the system when the top of
-its heap is free, so every allocation page-faults its memory in again: measured on a 2-core Intel Xeon, the default
-refiner took 45 ms for ESPNet's 11 maps at one thread with glibc's defaults and 37.5 ms with blocks up to 32 MiB
-kept in the heap (median of 10 calls, three runs each). Elsewhere (macOS, musl, jemalloc or tcmalloc preloaded) this
-changes nothing.
+its heap is free, so every allocation page-faults its memory in again. Measured on a 2-core Intel Xeon with `refine-cli
+bench pipeline --images examples/camvid --base espnet_camvid` at one thread, three runs each: the refiner took
+43-48 ms per frame with glibc's defaults, 37-39 ms with these settings. Elsewhere (macOS, musl, jemalloc or tcmalloc
+preloaded) this changes nothing.
 """
 
 from __future__ import annotations
