@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from refine_cli import io
-from refine_cli.crf import DenseCRF, label_probs, require_crf
 from refine_cli.bench.timing import median_seconds
 from refine_cli.bench.workload import write_synthetic_jpegs
 from refine_cli.config import BenchConfig, CRFConfig
+from refine_cli.crf import DenseCRF, label_probs, require_crf
 from refine_cli.errors import InputError, UsageError
 from refine_cli.pipeline import FolderOptions, Refiner, StageTimes
 from refine_cli.pipeline.engine import mask_classes
@@ -140,9 +140,9 @@ def bench_pipeline(
     InputError.
 
     With `masks` (a folder of coarse masks, as `refine --masks` takes, with `num_classes` or the class count read
-    from each mask) `base` is not used: the one mode is the refiner on the masks, and the dense CRF with the settings `crf` (hard labels
-    at its `label_confidence`) is timed on the same images and masks, once per repeat, decoding outside the timed
-    part."""
+    from each mask) `base` is not used: the one mode is the refiner on the masks, and the dense CRF at the settings
+    `crf` (hard labels at its `label_confidence`) is timed on the same images and masks, once per repeat, decoding
+    outside the timed part."""
     items = io.list_inputs([str(p) for p in inputs]).items
     options: dict[str, Any] = {"device": device, "batch_size": batch_size, "precision": precision,
                                "compile": compile}

@@ -11,8 +11,9 @@ Each scan, run on unnormalised sums, gathers for every pixel the class maps behi
 the links on the way; the two scans of an axis divided by the sums of weights give a weighted mean over the
 pixel's stretch of its own region. Rows, then columns, `iterations` times with the spatial scale shrinking as in
 the domain transform's schedule, every class map at once (one set of gates: any label set, binary masks
-included; `refine_cli.ops.edge_mean`, one fused C++ kernel per step on CPU). Class probabilities are thereby averaged within the image's regions: a coarse boundary that strays
-from the object's edge by a few pixels is pulled back to it, and regions away from boundaries keep their class.
+included; `refine_cli.ops.edge_mean`, one fused C++ kernel per step on CPU). Class probabilities are thereby
+averaged within the image's regions: a coarse boundary that strays from the object's edge by a few pixels is pulled
+back to it, and regions away from boundaries keep their class.
 
 A path-bound average cannot move a boundary that strays further, nor cross a textured region whose inner edges stop
 the scans. With `colour_weight` set, each class's colours around every pixel (local histograms,

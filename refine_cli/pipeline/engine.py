@@ -417,16 +417,16 @@ class Engine:
                 coarse = self.base_probs(xw)
         if self.refiner is not None:
             with self._timed("refiner"):
-                probs = self.refine_logits(xw, coarse)
+                scores = self.refine_logits(xw, coarse)
                 # Labels at the working size are the logits' argmax, which the softmax keeps: it runs only when
                 # probabilities are returned or blended into another size (`class_map_at`).
                 if want_probs or any(size != work for size in sizes):
-                    probs = probs.softmax(dim=1)
+                    scores = scores.softmax(dim=1)
         else:
-            probs = coarse
-        labels = [class_map_at(p, size) for p, size in zip(probs, sizes)]
+            scores = coarse
+        labels = [class_map_at(p, size) for p, size in zip(scores, sizes)]
         if masks is not None:
-            given = masks.cpu().numpy().astype(label_dtype(probs.shape[1]))
+            given = masks.cpu().numpy().astype(label_dtype(scores.shape[1]))
             coarse_labels = [io.resize_labels(g, size) for g, size in zip(given, sizes)]
         else:
             coarse_labels = [class_map_at(c, size) for c, size in zip(coarse, sizes)]
@@ -434,7 +434,7 @@ class Engine:
         return BatchOutput(
             labels=labels,
             coarse=coarse_labels,
-            probs=list(probs.cpu().numpy()) if want_probs else None,
+            probs=list(scores.cpu().numpy()) if want_probs else None,
             coarse_probs=list(coarse.cpu().numpy()) if want_coarse_probs else None,
         )
 

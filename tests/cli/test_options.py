@@ -24,7 +24,8 @@ def test_the_arch_lists_in_train_help_are_the_registry_s():
 def test_crf_options_override_only_what_is_given():
     config = crf_config_from(3, 40.0, None, None, 0.8)
     assert (config.iterations, config.bilateral_sxy, config.label_confidence) == (3, 40.0, 0.8)
-    assert (config.bilateral_srgb, config.bilateral_compat) == (CRFConfig().bilateral_srgb, CRFConfig().bilateral_compat)
+    default = CRFConfig()
+    assert (config.bilateral_srgb, config.bilateral_compat) == (default.bilateral_srgb, default.bilateral_compat)
     for sure in (0.0, 1.0):  # a certain label gives the CRF's unary log(0)
         with pytest.raises(UsageError, match="strictly between 0 and 1"):
             crf_config_from(5, None, None, None, sure)
