@@ -19,6 +19,12 @@ A path-bound average cannot move a boundary that strays further, nor cross a tex
 the scans. With `colour_weight` set, each class's colours around every pixel (local histograms,
 `refine_cli.ops.colour_likelihood`) re-weigh its probabilities before the last iteration, which settles them: a
 non-local colour term, as the dense CRF's appearance kernel is, at the cost of a count and a lookup per pixel.
+
+How far to trust the colours depends on how far the coarse boundaries may stray. Probabilities say it themselves
+(the network's uncertain bands); a hard mask does not, but its shape does: a mask whose boundaries carry no detail
+finer than several pixels (a low-resolution network's blocks or blobs) was placed only to within that, while one
+with pixel-fine detail (thin poles, sharp corners) mostly lies on its object's edges already. `mask_detail`
+measures this per image, and hard masks without fine detail get a stronger colour weight (`smooth_mask_weight`).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from refine_cli.ops.class_map import class_map
-from refine_cli.ops.colour_likelihood import colour_models, reweigh
+from refine_cli.ops.colour_likelihood import box_sum, colour_models, reweigh
 from refine_cli.ops.edge_mean import EdgeMeanBackend, edge_mean
 
 PROB_FLOOR = 1e-6  # the propagated probabilities are returned as log(p), floored here
@@ -53,6 +59,9 @@ class ColourPropagation(nn.Module):
         neighbours) raised to this power; the last, shortest-reaching iteration then settles them among their
         neighbours. The colours of a class seen tens of pixels away move a boundary that the local average alone
         leaves where a blobby mask put it.
+    smooth_mask_weight: None, or the colour weight for a hard mask (most pixels exactly one-hot) without fine
+        detail: its `mask_detail` at most `smooth_mask_detail[0]` gets this weight, at least `smooth_mask_detail[1]`
+        gets `colour_weight`, and the weight goes linearly between. Probabilities always get `colour_weight`.
     """
 
     per_class = True  # every class map is propagated the same way: any label set
@@ -61,7 +70,8 @@ class ColourPropagation(nn.Module):
     min_side = 1
 
     def __init__(self, *, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterations: int = 2, rounds: int = 1,
-                 colour_weight: float = 0.0, colour_block: int = 32, backend: EdgeMeanBackend = "auto") -> None:
+                 colour_weight: float = 0.0, colour_block: int = 32, smooth_mask_weight: float | None = None,
+                 smooth_mask_detail: tuple[float, float] = (0.2, 0.3), backend: EdgeMeanBackend = "auto") -> None:
         super().__init__()
         if spatial_sigma <= 0 or range_sigma <= 0 or iterations < 1 or rounds < 1:
             raise ValueError("spatial_sigma and range_sigma must be positive, iterations and rounds at least 1; got "
@@ -69,6 +79,12 @@ class ColourPropagation(nn.Module):
         if colour_weight < 0 or colour_block < 1:
             raise ValueError(f"colour_weight must be at least 0 and colour_block at least 1; got {colour_weight}, "
                              f"{colour_block}")
+        low, high = smooth_mask_detail
+        if smooth_mask_weight is not None and (smooth_mask_weight < 0 or not 0 <= low < high):
+            raise ValueError(f"smooth_mask_weight must be at least 0 and smooth_mask_detail (low, high) with "
+                             f"0 <= low < high; got {smooth_mask_weight}, {smooth_mask_detail}")
+        self.smooth_mask_weight = None if smooth_mask_weight is None else float(smooth_mask_weight)
+        self.smooth_mask_detail = (float(low), float(high))
         self.rounds = rounds
         self.colour_weight, self.colour_block = float(colour_weight), colour_block
         self.spatial_sigma, self.range_sigma, self.iterations = float(spatial_sigma), float(range_sigma), iterations
@@ -85,6 +101,7 @@ class ColourPropagation(nn.Module):
         if image.shape[0] != coarse.shape[0] or image.shape[-2:] != coarse.shape[-2:]:
             raise ValueError(f"image {tuple(image.shape)} and coarse {tuple(coarse.shape)} must share batch and size")
         image = image.float()
+        weight = self.colour_weights(coarse)
         # Floored, so that no sum decays into subnormal floats (slow), and renormalised over the classes given (the
         # pipeline passes only those some pixel votes for).
         x = coarse.float().clamp_min(PROB_FLOOR).contiguous()  # each class map one plane, as the scans read it
@@ -97,17 +114,31 @@ class ColourPropagation(nn.Module):
             if round_:  # the previous round's mask, one-hot (floored as above)
                 x = F.one_hot(class_map(x), x.shape[1]).movedim(-1, 1).float().clamp_min(PROB_FLOOR)
                 x = x / x.sum(1, keepdim=True)
-            if round_ < self.rounds - 1 or not self.colour_weight:
+            if round_ < self.rounds - 1 or not bool(weight.any()):
                 x = self._propagate(x, links)
                 continue
             x = self._propagate(x, links[:-1])
             # Re-weighed before the last iteration, which then costs nothing extra: a colour model's stray pixels are
             # averaged with their neighbours, and (measured on the train splits) sharp masks keep their mIoU, which
             # a further propagation after the whole schedule lowered.
-            models = colour_models(image, x, block=self.colour_block, power=self.colour_weight, backend=self.backend)
+            power = float(weight[0]) if bool((weight == weight[0]).all()) else weight  # one number: no pass at 1
+            models = colour_models(image, x, block=self.colour_block, power=power, backend=self.backend)
             x = self._propagate(reweigh(x, models, floor=PROB_FLOOR, backend=self.backend), links[-1:])
         refined = x.clamp_min_(PROB_FLOOR).log_().to(coarse.dtype)
         return refined.new_zeros(()), refined
+
+    def colour_weights(self, coarse: torch.Tensor) -> torch.Tensor:
+        """(N,) float32: the colour weight of each image of (N, K, H, W) coarse probabilities."""
+        n = coarse.shape[0]
+        weight = torch.full((n,), self.colour_weight, device=coarse.device)
+        if self.smooth_mask_weight is None or coarse.shape[1] < 2:
+            return weight
+        hard = (coarse.amax(1) == 1).flatten(1).float().mean(1) >= 0.5  # (N,): given as a mask, not probabilities
+        if not bool(hard.any()):
+            return weight
+        low, high = self.smooth_mask_detail
+        smooth = ((high - mask_detail(coarse)) / (high - low)).clamp_(0, 1)
+        return torch.where(hard, weight + (self.smooth_mask_weight - weight) * smooth, weight)
 
     def _propagate(self, x: torch.Tensor, links: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         for along_rows, along_columns in links:
@@ -127,7 +158,30 @@ class ColourPropagation(nn.Module):
         return torch.exp(difference.mul(log_a * sigma / self.range_sigma).add_(log_a))
 
 
+def mask_detail(coarse: torch.Tensor, size: int = 7) -> torch.Tensor:
+    """(N, K, H, W) class scores -> (N,) float32: how much detail each image's label map (its argmax) carries at a
+    scale of a few pixels. The one-hot map is smoothed (a `size` x `size` box sum, twice) and the pixels whose
+    label the smoothing changes (the first best on ties) are counted, per pixel of boundary
+    (`refine_cli.labels.boundary_map`'s lines). Smooth or blocky boundaries lose only the corners the smoothing
+    rounds. Medians on DAVIS and CamVid train: 0.13 for the compact DeepLab-LargeFOV's masks (a stride-8 network's
+    bilinear blobs), 0.23 for ground truth made blocks of 16 px, 0.24 for ESPNetv2's foreground; thin structures
+    and pixel-fine turns lose more: 0.37 for the compact FCN-8s, 0.47 for blocks of 8 px, 0.54 for ESPNet's
+    full-resolution masks. Integer sums (uint8, then int16): the same on every CPU."""
+    labels = class_map(coarse)
+    reach = size // 2
+    counts = torch.zeros(coarse.shape, dtype=torch.uint8, device=coarse.device).scatter_(1, labels[:, None], 1)
+    counts = box_sum(box_sum(counts, 3, reach), 2, reach).to(torch.int16)  # at most size^2: fits uint8 until here
+    counts = box_sum(box_sum(counts, 3, reach), 2, reach)  # at most size^4
+    changed = (class_map(counts.float()) != labels).flatten(1).sum(1)
+    edges = torch.zeros_like(labels, dtype=torch.bool)
+    edges[..., :-1] |= labels[..., :-1] != labels[..., 1:]
+    edges[..., :-1, :] |= labels[..., :-1, :] != labels[..., 1:, :]
+    return changed.float() / edges.flatten(1).sum(1).clamp_min(1).float()
+
+
 def spn_colour(*, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterations: int = 2, rounds: int = 1,
-               colour_weight: float = 0.0, colour_block: int = 32) -> ColourPropagation:
+               colour_weight: float = 0.0, colour_block: int = 32, smooth_mask_weight: float | None = None,
+               smooth_mask_detail: tuple[float, float] = (0.2, 0.3)) -> ColourPropagation:
     return ColourPropagation(spatial_sigma=spatial_sigma, range_sigma=range_sigma, iterations=iterations,
-                             rounds=rounds, colour_weight=colour_weight, colour_block=colour_block)
+                             rounds=rounds, colour_weight=colour_weight, colour_block=colour_block,
+                             smooth_mask_weight=smooth_mask_weight, smooth_mask_detail=smooth_mask_detail)

@@ -37,9 +37,11 @@ class ColourModels:
 
 
 def colour_models(image: torch.Tensor, scores: torch.Tensor, *, levels: int = 8, block: int = 32, reach: int = 1,
-                  prior: float = 50.0, power: float = 1.0, backend: EdgeMeanBackend = "auto") -> ColourModels:
+                  prior: float = 50.0, power: float | torch.Tensor = 1.0,
+                  backend: EdgeMeanBackend = "auto") -> ColourModels:
     """image: (N, 3, H, W) RGB in [0, 1]; scores: (N, K, H, W), each pixel's class being its best score (the first on
-    ties). The table holds each model's densities (every model sums to 1 over the colour bins) raised to `power`."""
+    ties). The table holds each model's densities (every model sums to 1 over the colour bins) raised to `power`
+    (one number, or (N,) one per image)."""
     if image.ndim != 4 or image.shape[1] != 3 or scores.ndim != 4 or scores.shape[0] != image.shape[0] or \
             scores.shape[2:] != image.shape[2:]:
         raise ValueError(f"colour models take (N, 3, H, W) images and (N, K, H, W) scores; got "
@@ -53,10 +55,12 @@ def colour_models(image: torch.Tensor, scores: torch.Tensor, *, levels: int = 8,
     n, k, rows, cols, bins = counts.shape
     whole = counts.sum((2, 3))  # (N, K, bins)
     density = (whole + 1.0 / bins) / (whole.sum(-1, keepdim=True) + 1.0)  # never zero
-    local = _box_sum(_box_sum(counts, 2, reach), 3, reach)  # counts are not read again: may be `local` itself
+    local = box_sum(box_sum(counts, 2, reach), 3, reach)  # counts are not read again: may be `local` itself
     totals = local.sum(-1, keepdim=True).add_(prior)
     table = local.add_(prior * density[:, :, None, None]).div_(totals)
-    if power != 1.0:
+    if isinstance(power, torch.Tensor):
+        table = table.pow_(power.to(table).view(n, 1, 1, 1, 1))
+    elif power != 1.0:
         table = table.pow_(power)
     return ColourModels(table.view(n, k, rows * cols * bins), cells)
 
@@ -96,7 +100,7 @@ def _counts_torch(image: torch.Tensor, labels: torch.Tensor, num_classes: int, l
     return counts.view(n, num_classes, rows, cols, bins), cells
 
 
-def _box_sum(x: torch.Tensor, dim: int, reach: int) -> torch.Tensor:
+def box_sum(x: torch.Tensor, dim: int, reach: int) -> torch.Tensor:
     """Sum over a window of 2 * reach + 1 along `dim`, zeros beyond the ends."""
     if reach == 0:
         return x
