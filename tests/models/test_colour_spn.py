@@ -148,9 +148,9 @@ def test_a_second_round_moves_a_boundary_further():
     assert (labels != truth).sum().item() > errors[0] > errors[1] == 0
 
 
-def test_local_colour_models_move_a_blobby_boundary_further():
-    # A striped object (its inner edges stop the scans) on a green background; the coarse mask is 8 px too large
-    # all round. The colours of the band belong to the background nearby: the colour models give it back.
+def _striped_object() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A striped object (its inner edges stop the scans) on a green background: image (1, 3, 64, 96), its true labels
+    and a coarse mask 8 px too large all round (straight sides: no fine detail), both (1, 64, 96)."""
     height, width = 64, 96
     image = torch.tensor([0.3, 0.6, 0.3])[None, :, None, None].repeat(1, 1, height, width)
     truth = torch.zeros(1, height, width, dtype=torch.long)
@@ -161,6 +161,12 @@ def test_local_colour_models_move_a_blobby_boundary_further():
     image = (image + 0.04 * (noise - 0.5)).clamp(0, 1)
     coarse = torch.zeros_like(truth)
     coarse[:, 8:56, 16:80] = 1
+    return image, truth, coarse
+
+
+def test_local_colour_models_move_a_blobby_boundary_further():
+    # The colours of the band the coarse mask adds belong to the background nearby: the colour models give it back.
+    image, truth, coarse = _striped_object()
     errors = [(ColourPropagation(colour_weight=w)(image, _one_hot(coarse, 2)).argmax(1) != truth).sum().item()
               for w in (0.0, 1.0)]
     # Measured: 1536 wrong pixels coarse, 1439 after the propagation alone, 1007 with the colour models.
@@ -234,18 +240,9 @@ def test_hard_masks_without_fine_detail_get_the_stronger_colour_weight():
 
 
 def test_a_blobby_hard_mask_moves_further_with_the_smooth_mask_weight():
-    # The striped object of the test above, its coarse mask 8 px too large all round: straight sides, so no fine
-    # detail. Given as a hard mask it gets weight 3 and more of the band back; given as probabilities, weight 1.
-    height, width = 64, 96
-    image = torch.tensor([0.3, 0.6, 0.3])[None, :, None, None].repeat(1, 1, height, width)
-    truth = torch.zeros(1, height, width, dtype=torch.long)
-    truth[:, 16:48, 24:72] = 1
-    stripes = (torch.arange(24, 72) // 2 % 2).float()
-    image[0, :, 16:48, 24:72] = torch.stack([0.8 - 0.4 * stripes, 0.2 + 0 * stripes, 0.2 + 0.4 * stripes])[:, None]
-    noise = torch.rand(image.shape, generator=torch.Generator().manual_seed(0))
-    image = (image + 0.04 * (noise - 0.5)).clamp(0, 1)
-    coarse = torch.zeros_like(truth)
-    coarse[:, 8:56, 16:80] = 1
+    # The coarse mask has no fine detail: given as a hard mask it gets weight 3 and more of the band back; given as
+    # probabilities, weight 1.
+    image, truth, coarse = _striped_object()
     plain = ColourPropagation(colour_weight=1.0)
     adaptive = ColourPropagation(colour_weight=1.0, smooth_mask_weight=3.0, smooth_mask_detail=(0.18, 0.33))
     hard, soft = _one_hot(coarse, 2), _one_hot(coarse, 2) * 0.98 + 0.01
