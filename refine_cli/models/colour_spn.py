@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from refine_cli.ops import cpp
 from refine_cli.ops.class_map import class_map
 from refine_cli.ops.colour_likelihood import box_sum, colour_models, reweigh
 from refine_cli.ops.edge_mean import EdgeMeanBackend, edge_mean
@@ -166,11 +167,17 @@ def mask_detail(coarse: torch.Tensor, size: int = 7) -> torch.Tensor:
     rounds. Medians on DAVIS and CamVid train: 0.13 for the compact DeepLab-LargeFOV's masks (a stride-8 network's
     bilinear blobs), 0.23 for ground truth made blocks of 16 px, 0.24 for ESPNetv2's foreground; thin structures
     and pixel-fine turns lose more: 0.37 for the compact FCN-8s, 0.47 for blocks of 8 px, 0.54 for ESPNet's
-    full-resolution masks. Integer sums (uint8, then int16): the same on every CPU."""
+    full-resolution masks. Integer sums: the same on every CPU, and from the C++ kernel and PyTorch alike."""
     labels = class_map(coarse)
     reach = size // 2
+    if not 1 <= size <= 15:
+        raise ValueError(f"mask_detail smooths over 1 to 15 pixels; got {size}")
+    if labels.device.type == "cpu" and cpp.available():  # one pass per image (csrc/colour_model_cpu.cpp)
+        changed, boundary = torch.ops.refine_cli_colour.mask_detail_counts(labels, coarse.shape[1], reach).unbind(1)
+        return changed.float() / boundary.clamp_min(1).float()
     counts = torch.zeros(coarse.shape, dtype=torch.uint8, device=coarse.device).scatter_(1, labels[:, None], 1)
-    counts = box_sum(box_sum(counts, 3, reach), 2, reach).to(torch.int16)  # at most size^2: fits uint8 until here
+    counts = box_sum(box_sum(counts, 3, reach), 2, reach)  # at most size^2: fits uint8 up to size 15
+    counts = counts.to(torch.int16 if size**4 < 2**15 else torch.int32)
     counts = box_sum(box_sum(counts, 3, reach), 2, reach)  # at most size^4
     changed = (class_map(counts.float()) != labels).flatten(1).sum(1)
     edges = torch.zeros_like(labels, dtype=torch.bool)

@@ -268,3 +268,23 @@ def test_colour_models_take_one_power_per_image():
     for i, power in enumerate((1.0, 2.5)):
         one = colour_models(image[i : i + 1], scores[i : i + 1], power=power)
         torch.testing.assert_close(both.table[i], one.table[0])
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 13, 15])
+def test_mask_detail_is_the_same_from_the_cpp_kernel_and_pytorch(size: int, monkeypatch: pytest.MonkeyPatch):
+    from refine_cli.ops import cpp
+
+    if not cpp.available():
+        pytest.skip("the C++ kernels are not built here")
+    gen = torch.Generator().manual_seed(size)
+    for k, (height, width), block in ((1, (5, 7), 1), (2, (33, 20), 4), (3, (1, 40), 2), (12, (40, 1), 3),
+                                      (5, (48, 64), 8), (11, (37, 29), 1)):
+        small = torch.randint(0, k, (2, -(-height // block), -(-width // block)), generator=gen)
+        labels = small.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :height, :width]
+        one_hot = _one_hot(labels, k)
+        fast = mask_detail(one_hot, size)
+        monkeypatch.setattr(cpp, "available", lambda: False)
+        assert torch.equal(mask_detail(one_hot, size), fast), (k, height, width, block)
+        monkeypatch.undo()
+    with pytest.raises(ValueError, match="1 to 15"):
+        mask_detail(one_hot, 17)

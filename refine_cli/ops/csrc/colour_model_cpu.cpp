@@ -8,6 +8,10 @@
 //   cells (N, H, W) int32.
 // colour_reweigh: out[k, p] = max(x[k, p] * table[k, cell[p]] / sum over k of the same, floor). x (N, K, H, W) float;
 //   table (N, K, rows * cols * bins) float; cells (N, H, W) int32.
+// mask_detail_counts: for each label map, how many pixels a smoothing of its one-hot map relabels (a box sum of
+//   2 * reach + 1 pixels along rows then columns, twice; zeros beyond the image; the first best class on ties) and
+//   how many boundary pixels it has (a label change to the right or below). labels (N, H, W) int64 in 0..K-1.
+//   Returns (N, 2) int64: changed, boundary. refine_cli/models/colour_spn.py's mask_detail, in one pass per image.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -19,6 +23,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <tuple>
+#include <vector>
 
 namespace {
 
@@ -142,6 +147,87 @@ at::Tensor class_map(const at::Tensor& scores_in) {
   return out;
 }
 
+// Box sum of 2 * reach + 1 along a row of W values (zeros beyond its ends): shifted adds, which vectorise.
+template <typename In, typename Out>
+void row_box(const In* in, int64_t W, int64_t reach, Out* out) {
+  std::fill(out, out + W, Out{0});
+  for (int64_t d = -reach; d <= reach; ++d) {
+    const int64_t x0 = std::max<int64_t>(0, -d), x1 = std::min(W, W - d);
+    for (int64_t x = x0; x < x1; ++x) out[x] += static_cast<Out>(in[x + d]);
+  }
+}
+
+// One label map: the counts of mask_detail_counts. The box sums along columns are running sums of whole rows.
+void mask_detail_one(const int64_t* labels, int64_t K, int64_t H, int64_t W, int64_t reach, int64_t* out) {
+  const int64_t HW = H * W;
+  std::vector<uint8_t> one_hot(W), rows1(K * HW), box1(K * HW);  // at most (2r+1) and (2r+1)^2: reach <= 7
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t y = 0; y < H; ++y) {
+      const int64_t* l = labels + y * W;
+      for (int64_t x = 0; x < W; ++x) one_hot[x] = l[x] == k;
+      row_box(one_hot.data(), W, reach, rows1.data() + k * HW + y * W);
+    }
+  }
+  std::vector<uint8_t> run8(W);
+  for (int64_t k = 0; k < K; ++k) {
+    const uint8_t* a = rows1.data() + k * HW;
+    uint8_t* b = box1.data() + k * HW;
+    std::fill(run8.begin(), run8.end(), uint8_t{0});
+    for (int64_t y = 0; y < std::min(H, reach); ++y)
+      for (int64_t x = 0; x < W; ++x) run8[x] += a[y * W + x];
+    for (int64_t y = 0; y < H; ++y) {
+      if (y + reach < H) for (int64_t x = 0; x < W; ++x) run8[x] += a[(y + reach) * W + x];
+      if (y - reach - 1 >= 0) for (int64_t x = 0; x < W; ++x) run8[x] -= a[(y - reach - 1) * W + x];
+      std::copy(run8.begin(), run8.end(), b + y * W);
+    }
+  }
+  std::vector<uint16_t> rows2(K * HW);  // the second smoothing: at most (2r+1)^4
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t y = 0; y < H; ++y) row_box(box1.data() + k * HW + y * W, W, reach, rows2.data() + k * HW + y * W);
+  std::vector<uint16_t> sums(K * W, 0), top(W);  // per class, the running column sums of the current row's window
+  std::vector<int64_t> best(W);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t y = 0; y < std::min(H, reach); ++y)
+      for (int64_t x = 0; x < W; ++x) sums[k * W + x] += rows2[k * HW + y * W + x];
+  int64_t changed = 0, boundary = 0;
+  for (int64_t y = 0; y < H; ++y) {
+    for (int64_t k = 0; k < K; ++k) {
+      uint16_t* s = sums.data() + k * W;
+      if (y + reach < H) for (int64_t x = 0; x < W; ++x) s[x] += rows2[k * HW + (y + reach) * W + x];
+      if (y - reach - 1 >= 0) for (int64_t x = 0; x < W; ++x) s[x] -= rows2[k * HW + (y - reach - 1) * W + x];
+    }
+    std::copy(sums.begin(), sums.begin() + W, top.begin());
+    std::fill(best.begin(), best.end(), int64_t{0});
+    for (int64_t k = 1; k < K; ++k) {  // the first best on ties
+      const uint16_t* s = sums.data() + k * W;
+      for (int64_t x = 0; x < W; ++x) {
+        const bool above = s[x] > top[x];
+        top[x] = above ? s[x] : top[x];
+        best[x] = above ? k : best[x];
+      }
+    }
+    const int64_t* l = labels + y * W;
+    for (int64_t x = 0; x < W; ++x) changed += best[x] != l[x];
+    for (int64_t x = 0; x + 1 < W; ++x) boundary += l[x + 1] != l[x] || (y + 1 < H && l[x + W] != l[x]);
+    if (W > 0) boundary += y + 1 < H && l[W - 1 + W] != l[W - 1];
+  }
+  out[0] = changed;
+  out[1] = boundary;
+}
+
+at::Tensor mask_detail_counts(const at::Tensor& labels_in, int64_t K, int64_t reach) {
+  TORCH_CHECK(labels_in.dim() == 3, "mask_detail_counts: labels must be (N, H, W)");
+  TORCH_CHECK(K >= 1 && reach >= 0 && reach <= 7, "mask_detail_counts: K >= 1 and 0 <= reach <= 7");
+  const at::Tensor labels = labels_in.to(at::kLong).contiguous();
+  const int64_t N = labels.size(0), H = labels.size(1), W = labels.size(2);
+  at::Tensor out = at::zeros({N, 2}, labels.options());
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n)
+      mask_detail_one(labels.data_ptr<int64_t>() + n * H * W, K, H, W, reach, out.data_ptr<int64_t>() + 2 * n);
+  });
+  return out;
+}
+
 }  // namespace
 
 // Called through torch.ops.refine_cli_colour.* from refine_cli/ops/colour_likelihood.py.
@@ -149,10 +235,12 @@ TORCH_LIBRARY(refine_cli_colour, m) {
   m.def("colour_counts(Tensor image, Tensor scores, int levels, int block) -> (Tensor, Tensor)");
   m.def("colour_reweigh(Tensor x, Tensor table, Tensor cells, float floor) -> Tensor");
   m.def("class_map(Tensor scores) -> Tensor");
+  m.def("mask_detail_counts(Tensor labels, int K, int reach) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(refine_cli_colour, CPU, m) {
   m.impl("colour_counts", &colour_counts);
   m.impl("colour_reweigh", &colour_reweigh);
   m.impl("class_map", &class_map);
+  m.impl("mask_detail_counts", &mask_detail_counts);
 }
