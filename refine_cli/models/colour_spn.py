@@ -134,7 +134,9 @@ class ColourPropagation(nn.Module):
         weight = torch.full((n,), self.colour_weight, device=coarse.device)
         if self.smooth_mask_weight is None or coarse.shape[1] < 2:
             return weight
-        hard = (coarse.amax(1) == 1).flatten(1).float().mean(1) >= 0.5  # (N,): given as a mask, not probabilities
+        # (N,): given as a mask, not probabilities: most pixels exactly one-hot, judged on every 4th row and column
+        # (a maximum over the class axis strides through the maps: 0.6 ms for 11 classes at 480 x 360, 0.2 so).
+        hard = (coarse[..., ::4, ::4].amax(1) == 1).flatten(1).float().mean(1) >= 0.5
         if not bool(hard.any()):
             return weight
         low, high = self.smooth_mask_detail
