@@ -170,10 +170,10 @@ def mask_detail(coarse: torch.Tensor, size: int = 7) -> torch.Tensor:
     bilinear blobs), 0.23 for ground truth made blocks of 16 px, 0.24 for ESPNetv2's foreground; thin structures
     and pixel-fine turns lose more: 0.37 for the compact FCN-8s, 0.47 for blocks of 8 px, 0.54 for ESPNet's
     full-resolution masks. Integer sums: the same on every CPU, and from the C++ kernel and PyTorch alike."""
-    labels = class_map(coarse)
-    reach = size // 2
     if not 1 <= size <= 15:
         raise ValueError(f"mask_detail smooths over 1 to 15 pixels; got {size}")
+    labels = class_map(coarse)
+    reach = size // 2
     if labels.device.type == "cpu" and cpp.available():  # one pass per image (csrc/colour_model_cpu.cpp)
         changed, boundary = torch.ops.refine_cli_colour.mask_detail_counts(labels, coarse.shape[1], reach).unbind(1)
         return changed.float() / boundary.clamp_min(1).float()

@@ -157,7 +157,8 @@ void row_box(const In* in, int64_t W, int64_t reach, Out* out) {
   }
 }
 
-// One label map: the counts of mask_detail_counts. The box sums along columns are running sums of whole rows.
+// One label map: the counts of mask_detail_counts. The box sums along columns are running sums of whole rows, in
+// unsigned integers whose wrap-around is exact: each sum, once its window is complete, fits its type.
 void mask_detail_one(const int64_t* labels, int64_t K, int64_t H, int64_t W, int64_t reach, int64_t* out) {
   const int64_t HW = H * W;
   std::vector<uint8_t> one_hot(W), rows1(K * HW), box1(K * HW);  // at most (2r+1) and (2r+1)^2: reach <= 7
