@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from refine_cli import models, weights
-from refine_cli.models.colour_spn import ColourPropagation, mask_detail
+from refine_cli.models.colour_spn import ColourPropagation, mask_alignment, mask_detail
 from refine_cli.ops.colour_likelihood import colour_models
 from refine_cli.pipeline import Refiner
 
@@ -226,17 +226,36 @@ def test_hard_masks_without_fine_detail_get_the_stronger_colour_weight():
     smooth = ((rows - 32) ** 2 + (cols - 48) ** 2 < 20**2).long()
     fine = smooth | (cols % 5 == 0).long()
     masks = torch.stack([smooth, fine])
+    image = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(4))
     assert mask_detail(_one_hot(masks, 2)).tolist()[0] < 0.18 < 0.33 < mask_detail(_one_hot(masks, 2)).tolist()[1]
-    torch.testing.assert_close(refiner.colour_weights(_one_hot(masks, 2)), torch.tensor([3.0, 1.0]))
+    torch.testing.assert_close(refiner.colour_weights(_one_hot(masks, 2), image), torch.tensor([3.0, 1.0]))
     # Probabilities carry their own uncertainty: they keep colour_weight, whatever their argmax looks like.
     soft = _one_hot(masks, 2) * 0.8 + 0.1
-    torch.testing.assert_close(refiner.colour_weights(soft), torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(refiner.colour_weights(soft, image), torch.tensor([1.0, 1.0]))
     # Halfway through the detail range, halfway between the weights.
     half = ColourPropagation(colour_weight=1.0, smooth_mask_weight=3.0,
                              smooth_mask_detail=(0.0, 2 * mask_detail(_one_hot(smooth[None], 2)).item()))
-    torch.testing.assert_close(half.colour_weights(_one_hot(smooth[None], 2)), torch.tensor([2.0]))
-    assert torch.equal(ColourPropagation(colour_weight=1.0).colour_weights(_one_hot(masks, 2)),
+    torch.testing.assert_close(half.colour_weights(_one_hot(smooth[None], 2), image[:1]), torch.tensor([2.0]))
+    assert torch.equal(ColourPropagation(colour_weight=1.0).colour_weights(_one_hot(masks, 2), image),
                        torch.tensor([1.0, 1.0]))
+
+
+def test_a_smooth_mask_on_the_image_edges_keeps_the_plain_colour_weight():
+    # The same smooth disc as a mask of an image whose disc is where the mask says (accurate: its boundary on the
+    # image's edge) and of an image whose disc is 8 px larger all round (the mask strays): only the second gets the
+    # stronger weight.
+    height, width = 64, 96
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    disc = ((rows - 32) ** 2 + (cols - 48) ** 2 < 20**2).long()
+    moved = ((rows - 32) ** 2 + (cols - 48) ** 2 < 28**2).float()
+    noise = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(5))
+    image = 0.3 + 0.4 * torch.stack([disc.float(), moved])[:, None] + 0.04 * (noise - 0.5)
+    masks = torch.stack([disc, disc])
+    alignment = mask_alignment(image, masks)
+    assert alignment[0] > 1.4 > 1.2 > alignment[1], alignment
+    refiner = ColourPropagation(colour_weight=1.0, smooth_mask_weight=3.0, smooth_mask_detail=(0.18, 0.33),
+                                smooth_mask_alignment=(1.2, 1.4))
+    torch.testing.assert_close(refiner.colour_weights(_one_hot(masks, 2), image), torch.tensor([1.0, 3.0]))
 
 
 def test_a_blobby_hard_mask_moves_further_with_the_smooth_mask_weight():
@@ -255,7 +274,8 @@ def test_a_blobby_hard_mask_moves_further_with_the_smooth_mask_weight():
 
 def test_smooth_mask_arguments_are_checked():
     for bad in ({"smooth_mask_weight": -1.0}, {"smooth_mask_weight": 2.0, "smooth_mask_detail": (0.3, 0.2)},
-                {"smooth_mask_weight": 2.0, "smooth_mask_detail": (-0.1, 0.2)}):
+                {"smooth_mask_weight": 2.0, "smooth_mask_detail": (-0.1, 0.2)},
+                {"smooth_mask_weight": 2.0, "smooth_mask_alignment": (1.4, 1.2)}):
         with pytest.raises(ValueError, match="smooth_mask"):
             ColourPropagation(**bad)
 
