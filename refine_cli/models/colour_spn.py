@@ -216,9 +216,8 @@ def mask_alignment(image: torch.Tensor, labels: torch.Tensor, reach: int = 5) ->
     gradient[..., :-1] = (image[..., 1:] - image[..., :-1]).abs().sum(1)
     gradient[..., :-1, :] = torch.maximum(gradient[..., :-1, :], (image[..., 1:, :] - image[..., :-1, :]).abs().sum(1))
     edges = boundary_pixels(labels)
-    size = 2 * reach + 1
-    near = F.max_pool2d(edges[:, None].float(), (1, size), stride=1, padding=(0, reach))
-    near = F.max_pool2d(near, (size, 1), stride=1, padding=(reach, 0))[:, 0] > 0
+    # Within `reach` of a boundary pixel (a square): a box count of them, in uint8 while it holds (2 * reach + 1)^2.
+    near = box_sum(box_sum(edges.to(torch.uint8 if reach <= 7 else torch.int32), 2, reach), 1, reach) > 0
     on = (gradient * edges).flatten(1).sum(1) / edges.flatten(1).sum(1).clamp_min(1)
     around = (gradient * near).flatten(1).sum(1) / near.flatten(1).sum(1).clamp_min(1)
     return on / around.clamp_min(1e-6)
