@@ -28,7 +28,7 @@ ROOT = HERE.parent
 NAME = "spn_colour"
 CHOSEN = {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "rounds": 1, "colour_weight": 1.0,
           "colour_block": 32, "smooth_mask_weight": 3.0, "smooth_mask_detail": (0.18, 0.33),
-          "smooth_mask_alignment": (1.2, 1.4)}
+          "smooth_mask_alignment": (1.2, 1.4), "smooth_mask_kept": (1.4, 1.6)}
 GRID = [
     {"spatial_sigma": 20.0, "range_sigma": 0.1, "iterations": 2},
     {"spatial_sigma": 40.0, "range_sigma": 0.1, "iterations": 2},

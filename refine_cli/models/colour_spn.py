@@ -66,6 +66,10 @@ class ColourPropagation(nn.Module):
     smooth_mask_alignment: None, or (low, high): a smooth mask whose boundary already lies on the image's edges
         (`mask_alignment` at least `high`) is accurate, not blobby, and gets `colour_weight`; at most `low`, the whole
         smooth-mask weight; linearly between.
+    smooth_mask_kept: None, or (low, high): a smooth hard mask whose boundary lies on the image's edges still closer
+        (alignment at least `high`) comes back as given (its probabilities, blended into the refined ones from
+        `low` up): even the plain propagation moves such a mask's boundaries off its edges. Needs
+        `smooth_mask_weight`.
     """
 
     per_class = True  # every class map is propagated the same way: any label set
@@ -76,7 +80,8 @@ class ColourPropagation(nn.Module):
     def __init__(self, *, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterations: int = 2, rounds: int = 1,
                  colour_weight: float = 0.0, colour_block: int = 32, smooth_mask_weight: float | None = None,
                  smooth_mask_detail: tuple[float, float] = (0.2, 0.3),
-                 smooth_mask_alignment: tuple[float, float] | None = None, backend: EdgeMeanBackend = "auto") -> None:
+                 smooth_mask_alignment: tuple[float, float] | None = None,
+                 smooth_mask_kept: tuple[float, float] | None = None, backend: EdgeMeanBackend = "auto") -> None:
         super().__init__()
         if spatial_sigma <= 0 or range_sigma <= 0 or iterations < 1 or rounds < 1:
             raise ValueError("spatial_sigma and range_sigma must be positive, iterations and rounds at least 1; got "
@@ -88,12 +93,15 @@ class ColourPropagation(nn.Module):
         if smooth_mask_weight is not None and (smooth_mask_weight < 0 or not 0 <= low < high):
             raise ValueError(f"smooth_mask_weight must be at least 0 and smooth_mask_detail (low, high) with "
                              f"0 <= low < high; got {smooth_mask_weight}, {smooth_mask_detail}")
-        if smooth_mask_alignment is not None and not 0 <= smooth_mask_alignment[0] < smooth_mask_alignment[1]:
-            raise ValueError(f"smooth_mask_alignment (low, high) needs 0 <= low < high; got {smooth_mask_alignment}")
+        for name, given in (("smooth_mask_alignment", smooth_mask_alignment), ("smooth_mask_kept", smooth_mask_kept)):
+            if given is not None and not 0 <= given[0] < given[1]:
+                raise ValueError(f"{name} (low, high) needs 0 <= low < high; got {given}")
         self.smooth_mask_weight = None if smooth_mask_weight is None else float(smooth_mask_weight)
         self.smooth_mask_detail = (float(low), float(high))
         self.smooth_mask_alignment = None if smooth_mask_alignment is None else \
             (float(smooth_mask_alignment[0]), float(smooth_mask_alignment[1]))
+        self.smooth_mask_kept = None if smooth_mask_kept is None else \
+            (float(smooth_mask_kept[0]), float(smooth_mask_kept[1]))
         self.rounds = rounds
         self.colour_weight, self.colour_block = float(colour_weight), colour_block
         self.spatial_sigma, self.range_sigma, self.iterations = float(spatial_sigma), float(range_sigma), iterations
@@ -110,11 +118,11 @@ class ColourPropagation(nn.Module):
         if image.shape[0] != coarse.shape[0] or image.shape[-2:] != coarse.shape[-2:]:
             raise ValueError(f"image {tuple(image.shape)} and coarse {tuple(coarse.shape)} must share batch and size")
         image = image.float()
-        weight = self.colour_weights(coarse, image)
+        weight, kept = self.trust(coarse, image)
         # Floored, so that no sum decays into subnormal floats (slow), and renormalised over the classes given (the
         # pipeline passes only those some pixel votes for).
         x = coarse.float().clamp_min(PROB_FLOOR).contiguous()  # each class map one plane, as the scans read it
-        x = x.div_(x.sum(1, keepdim=True))  # x is a new tensor (clamp_min): divided in place
+        x = given = x.div_(x.sum(1, keepdim=True))  # x is a new tensor (clamp_min): divided in place
         # Colour differences between neighbours, the same at every scale: along rows and along columns.
         across_columns = (image[..., 1:] - image[..., :-1]).abs().sum(1)  # (N, H, W-1)
         across_rows = (image[..., 1:, :] - image[..., :-1, :]).abs().sum(1)  # (N, H-1, W)
@@ -133,26 +141,35 @@ class ColourPropagation(nn.Module):
             power = float(weight[0]) if bool((weight == weight[0]).all()) else weight  # one number: no pass at 1
             models = colour_models(image, x, block=self.colour_block, power=power, backend=self.backend)
             x = self._propagate(reweigh(x, models, floor=PROB_FLOOR, backend=self.backend), links[-1:])
+        if bool(kept.any()):  # the propagation returns new tensors: `given` is still the coarse map
+            x = x.lerp_(given, kept.view(-1, 1, 1, 1))
         refined = x.clamp_min_(PROB_FLOOR).log_().to(coarse.dtype)
         return refined.new_zeros(()), refined
 
-    def colour_weights(self, coarse: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """(N,) float32: the colour weight of each image of (N, K, H, W) coarse probabilities, (N, 3, H, W) images."""
+    def trust(self, coarse: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image of (N, K, H, W) coarse probabilities and (N, 3, H, W) RGB images: the colour weight (N,) and the
+        share (N,) of the coarse map that comes back as given (`smooth_mask_kept`), both float32."""
         n = coarse.shape[0]
         weight = torch.full((n,), self.colour_weight, device=coarse.device)
+        kept = torch.zeros((n,), device=coarse.device)
         if self.smooth_mask_weight is None or coarse.shape[1] < 2:
-            return weight
+            return weight, kept
         # (N,): given as a mask, not probabilities: most pixels exactly one-hot, judged on every 4th row and column
         # (a maximum over the class axis strides through the maps: 0.6 ms for 11 classes at 480 x 360, 0.2 so).
         hard = (coarse[..., ::4, ::4].amax(1) == 1).flatten(1).float().mean(1) >= 0.5
         if not bool(hard.any()):
-            return weight
+            return weight, kept
         low, high = self.smooth_mask_detail
-        smooth = ((high - mask_detail(coarse)) / (high - low)).clamp_(0, 1)
-        if self.smooth_mask_alignment is not None and bool((hard & (smooth > 0)).any()):
-            low, high = self.smooth_mask_alignment
-            smooth *= ((high - mask_alignment(image.float(), class_map(coarse))) / (high - low)).clamp_(0, 1)
-        return torch.where(hard, weight + (self.smooth_mask_weight - weight) * smooth, weight)
+        smooth = ((high - mask_detail(coarse)) / (high - low)).clamp_(0, 1) * hard
+        if (self.smooth_mask_alignment or self.smooth_mask_kept) and bool((smooth > 0).any()):
+            alignment = mask_alignment(image.float(), class_map(coarse))
+            if self.smooth_mask_kept is not None:
+                low, high = self.smooth_mask_kept
+                kept = smooth * ((alignment - low) / (high - low)).clamp_(0, 1)
+            if self.smooth_mask_alignment is not None:
+                low, high = self.smooth_mask_alignment
+                smooth = smooth * ((high - alignment) / (high - low)).clamp_(0, 1)
+        return weight + (self.smooth_mask_weight - weight) * smooth, kept
 
     def _propagate(self, x: torch.Tensor, links: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         for along_rows, along_columns in links:
@@ -226,8 +243,9 @@ def mask_alignment(image: torch.Tensor, labels: torch.Tensor, reach: int = 5) ->
 def spn_colour(*, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterations: int = 2, rounds: int = 1,
                colour_weight: float = 0.0, colour_block: int = 32, smooth_mask_weight: float | None = None,
                smooth_mask_detail: tuple[float, float] = (0.2, 0.3),
-               smooth_mask_alignment: tuple[float, float] | None = None) -> ColourPropagation:
+               smooth_mask_alignment: tuple[float, float] | None = None,
+               smooth_mask_kept: tuple[float, float] | None = None) -> ColourPropagation:
     return ColourPropagation(spatial_sigma=spatial_sigma, range_sigma=range_sigma, iterations=iterations,
                              rounds=rounds, colour_weight=colour_weight, colour_block=colour_block,
                              smooth_mask_weight=smooth_mask_weight, smooth_mask_detail=smooth_mask_detail,
-                             smooth_mask_alignment=smooth_mask_alignment)
+                             smooth_mask_alignment=smooth_mask_alignment, smooth_mask_kept=smooth_mask_kept)

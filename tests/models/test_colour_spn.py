@@ -228,15 +228,15 @@ def test_hard_masks_without_fine_detail_get_the_stronger_colour_weight():
     masks = torch.stack([smooth, fine])
     image = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(4))
     assert mask_detail(_one_hot(masks, 2)).tolist()[0] < 0.18 < 0.33 < mask_detail(_one_hot(masks, 2)).tolist()[1]
-    torch.testing.assert_close(refiner.colour_weights(_one_hot(masks, 2), image), torch.tensor([3.0, 1.0]))
+    torch.testing.assert_close(refiner.trust(_one_hot(masks, 2), image)[0], torch.tensor([3.0, 1.0]))
     # Probabilities carry their own uncertainty: they keep colour_weight, whatever their argmax looks like.
     soft = _one_hot(masks, 2) * 0.8 + 0.1
-    torch.testing.assert_close(refiner.colour_weights(soft, image), torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(refiner.trust(soft, image)[0], torch.tensor([1.0, 1.0]))
     # Halfway through the detail range, halfway between the weights.
     half = ColourPropagation(colour_weight=1.0, smooth_mask_weight=3.0,
                              smooth_mask_detail=(0.0, 2 * mask_detail(_one_hot(smooth[None], 2)).item()))
-    torch.testing.assert_close(half.colour_weights(_one_hot(smooth[None], 2), image[:1]), torch.tensor([2.0]))
-    assert torch.equal(ColourPropagation(colour_weight=1.0).colour_weights(_one_hot(masks, 2), image),
+    torch.testing.assert_close(half.trust(_one_hot(smooth[None], 2), image[:1])[0], torch.tensor([2.0]))
+    assert torch.equal(ColourPropagation(colour_weight=1.0).trust(_one_hot(masks, 2), image)[0],
                        torch.tensor([1.0, 1.0]))
 
 
@@ -255,7 +255,15 @@ def test_a_smooth_mask_on_the_image_edges_keeps_the_plain_colour_weight():
     assert alignment[0] > 1.4 > 1.2 > alignment[1], alignment
     refiner = ColourPropagation(colour_weight=1.0, smooth_mask_weight=3.0, smooth_mask_detail=(0.18, 0.33),
                                 smooth_mask_alignment=(1.2, 1.4))
-    torch.testing.assert_close(refiner.colour_weights(_one_hot(masks, 2), image), torch.tensor([1.0, 3.0]))
+    torch.testing.assert_close(refiner.trust(_one_hot(masks, 2), image)[0], torch.tensor([1.0, 3.0]))
+    # With smooth_mask_kept the accurate one comes back as given; the other is refined as before.
+    keeping = ColourPropagation(colour_weight=1.0, smooth_mask_weight=3.0, smooth_mask_detail=(0.18, 0.33),
+                                smooth_mask_alignment=(1.2, 1.4), smooth_mask_kept=(1.4, 1.6))
+    torch.testing.assert_close(keeping.trust(_one_hot(masks, 2), image)[1], torch.tensor([1.0, 0.0]))
+    kept, refined = keeping(image, _one_hot(masks, 2)), refiner(image, _one_hot(masks, 2))
+    given = _one_hot(masks, 2)[0].clamp_min(1e-6)
+    torch.testing.assert_close(kept[0].exp(), given / given.sum(0), rtol=0, atol=1e-6)
+    assert torch.equal(kept[1], refined[1])
 
 
 def test_a_blobby_hard_mask_moves_further_with_the_smooth_mask_weight():
@@ -275,7 +283,8 @@ def test_a_blobby_hard_mask_moves_further_with_the_smooth_mask_weight():
 def test_smooth_mask_arguments_are_checked():
     for bad in ({"smooth_mask_weight": -1.0}, {"smooth_mask_weight": 2.0, "smooth_mask_detail": (0.3, 0.2)},
                 {"smooth_mask_weight": 2.0, "smooth_mask_detail": (-0.1, 0.2)},
-                {"smooth_mask_weight": 2.0, "smooth_mask_alignment": (1.4, 1.2)}):
+                {"smooth_mask_weight": 2.0, "smooth_mask_alignment": (1.4, 1.2)},
+                {"smooth_mask_weight": 2.0, "smooth_mask_kept": (1.6, 1.6)}):
         with pytest.raises(ValueError, match="smooth_mask"):
             ColourPropagation(**bad)
 

@@ -71,17 +71,18 @@ def test_default_refiner_moves_blocky_hard_masks_further_on_davis_val(real_data:
     # its plain colour weight.
     miou, bf = _davis_val_scores(real_data, 16, "nearest")
     # Measured on these 6 frames: mIoU / boundary F 93.62 / 36.79 coarse, 95.63 / 58.61 at the plain weight,
-    # 95.94 / 65.31 with the default's.
+    # 96.02 / 65.65 with the default's.
     assert miou["default"] >= miou["plain"] >= miou["coarse"], miou
     assert bf["default"] >= bf["plain"] + 0.03, bf
 
 
 @pytest.mark.slow
-def test_default_refiner_leaves_smooth_accurate_masks_to_its_plain_weight_on_davis_val(real_data: Path):
+def test_default_refiner_leaves_smooth_accurate_masks_as_they_are_on_davis_val(real_data: Path):
     # Ground truth coarsened at stride 8 and enlarged bilinearly: smooth like a blobby network's mask, but on the
-    # image's edges (`mask_alignment`), so the smooth-mask weight stands aside.
+    # image's edges (`mask_alignment`), so the smooth-mask weight stands aside and the mask comes back nearly as
+    # given (`smooth_mask_kept`), where even the plain propagation would move its boundaries off the edges.
     miou, bf = _davis_val_scores(real_data, 8, "bilinear")
-    # Measured on these 6 frames: mIoU / boundary F 98.85 / 94.93 coarse, 98.69 / 93.38 at the plain weight and with
-    # the default's; 98.06 / 87.81 with the smooth-mask weight but without the alignment guard.
-    assert miou["default"] >= miou["plain"] - 0.0005, miou
-    assert bf["default"] >= bf["plain"] - 0.003, bf
+    # Measured on these 6 frames: mIoU / boundary F 98.85 / 94.93 coarse, 98.69 / 93.38 at the plain weight,
+    # 98.86 / 95.21 with the default's (98.06 / 87.81 with the smooth-mask weight and neither guard).
+    assert miou["default"] >= miou["coarse"] - 0.0005, miou
+    assert bf["default"] >= bf["coarse"] - 0.003 and bf["default"] >= bf["plain"] + 0.01, bf
