@@ -122,7 +122,8 @@ class ColourPropagation(nn.Module):
         # Floored, so that no sum decays into subnormal floats (slow), and renormalised over the classes given (the
         # pipeline passes only those some pixel votes for).
         x = coarse.float().clamp_min(PROB_FLOOR).contiguous()  # each class map one plane, as the scans read it
-        x = given = x.div_(x.sum(1, keepdim=True))  # x is a new tensor (clamp_min): divided in place
+        x = x.div_(x.sum(1, keepdim=True))  # x is a new tensor (clamp_min): divided in place
+        given = x if bool(kept.any()) else None  # held only when some of it comes back (memory)
         # Colour differences between neighbours, the same at every scale: along rows and along columns.
         across_columns = (image[..., 1:] - image[..., :-1]).abs().sum(1)  # (N, H, W-1)
         across_rows = (image[..., 1:, :] - image[..., :-1, :]).abs().sum(1)  # (N, H-1, W)
@@ -141,7 +142,7 @@ class ColourPropagation(nn.Module):
             power = float(weight[0]) if bool((weight == weight[0]).all()) else weight  # one number: no pass at 1
             models = colour_models(image, x, block=self.colour_block, power=power, backend=self.backend)
             x = self._propagate(reweigh(x, models, floor=PROB_FLOOR, backend=self.backend), links[-1:])
-        if bool(kept.any()):  # the propagation returns new tensors: `given` is still the coarse map
+        if given is not None:  # the propagation returns new tensors: `given` is still the coarse map
             x = x.lerp_(given, kept.view(-1, 1, 1, 1))
         refined = x.clamp_min_(PROB_FLOOR).log_().to(coarse.dtype)
         return refined.new_zeros(()), refined
