@@ -25,6 +25,9 @@ How far to trust the colours depends on how far the coarse boundaries may stray.
 finer than several pixels (a low-resolution network's blocks or blobs) was placed only to within that, while one
 with pixel-fine detail (thin poles, sharp corners) mostly lies on its object's edges already. `mask_detail`
 measures this per image, and hard masks without fine detail get a stronger colour weight (`smooth_mask_weight`).
+A smooth mask may also be an accurate one: `mask_alignment` measures how closely its boundaries follow the image's
+edges, and the closer they do, the less of that weight it gets, and the more of it comes back as given
+(`smooth_mask_alignment`, `smooth_mask_kept`).
 """
 
 from __future__ import annotations
