@@ -163,10 +163,11 @@ class ColourPropagation(nn.Module):
         hard = (coarse[..., ::4, ::4].amax(1) == 1).flatten(1).float().mean(1) >= 0.5
         if not bool(hard.any()):
             return weight, kept
+        labels = class_map(coarse)
         low, high = self.smooth_mask_detail
-        smooth = ((high - mask_detail(coarse)) / (high - low)).clamp_(0, 1) * hard
+        smooth = ((high - mask_detail(coarse, labels=labels)) / (high - low)).clamp_(0, 1) * hard
         if (self.smooth_mask_alignment or self.smooth_mask_kept) and bool((smooth > 0).any()):
-            alignment = mask_alignment(image.float(), class_map(coarse))
+            alignment = mask_alignment(image.float(), labels)
             if self.smooth_mask_kept is not None:
                 low, high = self.smooth_mask_kept
                 kept = smooth * ((alignment - low) / (high - low)).clamp_(0, 1)
@@ -202,7 +203,7 @@ def boundary_pixels(labels: torch.Tensor) -> torch.Tensor:
     return edges
 
 
-def mask_detail(coarse: torch.Tensor, size: int = 7) -> torch.Tensor:
+def mask_detail(coarse: torch.Tensor, size: int = 7, *, labels: torch.Tensor | None = None) -> torch.Tensor:
     """(N, K, H, W) class scores -> (N,) float32: how much detail each image's label map (its argmax) carries at a
     scale of a few pixels. The one-hot map is smoothed (a `size` x `size` box sum, twice) and the pixels whose
     label the smoothing changes (the first best on ties) are counted, per pixel of boundary
@@ -210,10 +211,11 @@ def mask_detail(coarse: torch.Tensor, size: int = 7) -> torch.Tensor:
     rounds. Medians on DAVIS and CamVid train: 0.13 for the compact DeepLab-LargeFOV's masks (a stride-8 network's
     bilinear blobs), 0.23 for ground truth made blocks of 16 px, 0.24 for ESPNetv2's foreground; thin structures
     and pixel-fine turns lose more: 0.37 for the compact FCN-8s, 0.47 for blocks of 8 px, 0.54 for ESPNet's
-    full-resolution masks. Integer sums: the same on every CPU, and from the C++ kernel and PyTorch alike."""
+    full-resolution masks. Integer sums: the same on every CPU, and from the C++ kernel and PyTorch alike.
+    `labels`: `class_map(coarse)`, when the caller has it already."""
     if not 1 <= size <= 15:
         raise ValueError(f"mask_detail smooths over 1 to 15 pixels; got {size}")
-    labels = class_map(coarse)
+    labels = class_map(coarse) if labels is None else labels
     reach = size // 2
     if labels.device.type == "cpu" and cpp.available():  # one pass per image (csrc/colour_model_cpu.cpp)
         changed, boundary = torch.ops.refine_cli_colour.mask_detail_counts(labels, coarse.shape[1], reach).unbind(1)
