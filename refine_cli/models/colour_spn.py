@@ -27,12 +27,14 @@ with pixel-fine detail (thin poles, sharp corners) mostly lies on its object's e
 measures this per image, and hard masks without fine detail get a stronger colour weight (`smooth_mask_weight`).
 A smooth mask may also be an accurate one: `mask_alignment` measures how closely its boundaries follow the image's
 edges, and the closer they do, the less of that weight it gets, and the more of it comes back as given
-(`smooth_mask_alignment`, `smooth_mask_kept`).
+(`smooth_mask_alignment`, `smooth_mask_kept`). The same share of smoothness lets the scans reach across fainter
+edges (`smooth_mask_range`): such a mask's boundary may lie beyond faint texture edges that would stop them.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +46,16 @@ from refine_cli.ops.colour_likelihood import box_sum, colour_models, reweigh
 from refine_cli.ops.edge_mean import EdgeMeanBackend, edge_mean
 
 PROB_FLOOR = 1e-6  # the propagated probabilities are returned as log(p), floored here
+
+
+class Trust(NamedTuple):
+    """How far `ColourPropagation` trusts each image's coarse map, all (N,) float32: `weight` the colour models'
+    weight, `kept` the share of the coarse map that comes back as given, `smooth` the share of a smooth hard mask's
+    settings it gets (1 for a blobby or blocky mask off the image's edges, 0 for probabilities and detailed masks)."""
+
+    weight: torch.Tensor
+    kept: torch.Tensor
+    smooth: torch.Tensor
 
 
 class ColourPropagation(nn.Module):
@@ -73,6 +85,10 @@ class ColourPropagation(nn.Module):
         (alignment at least `high`) comes back as given (its probabilities, blended into the refined ones from
         `low` up): even the plain propagation moves such a mask's boundaries off its edges. Needs
         `smooth_mask_weight`.
+    smooth_mask_range: None, or the range_sigma for a smooth hard mask (the share of `smooth_mask_weight` it gets,
+        after `smooth_mask_alignment`, goes from range_sigma to this: the gates' exponent is linear in its
+        inverse): larger lets the scans carry a blobby boundary across the faint edges of texture. Needs
+        `smooth_mask_weight`.
     """
 
     per_class = True  # every class map is propagated the same way: any label set
@@ -84,7 +100,8 @@ class ColourPropagation(nn.Module):
                  colour_weight: float = 0.0, colour_block: int = 32, smooth_mask_weight: float | None = None,
                  smooth_mask_detail: tuple[float, float] = (0.2, 0.3),
                  smooth_mask_alignment: tuple[float, float] | None = None,
-                 smooth_mask_kept: tuple[float, float] | None = None, backend: EdgeMeanBackend = "auto") -> None:
+                 smooth_mask_kept: tuple[float, float] | None = None, smooth_mask_range: float | None = None,
+                 backend: EdgeMeanBackend = "auto") -> None:
         super().__init__()
         if spatial_sigma <= 0 or range_sigma <= 0 or iterations < 1 or rounds < 1:
             raise ValueError("spatial_sigma and range_sigma must be positive, iterations and rounds at least 1; got "
@@ -96,6 +113,8 @@ class ColourPropagation(nn.Module):
         if smooth_mask_weight is not None and (smooth_mask_weight < 0 or not 0 <= low < high):
             raise ValueError(f"smooth_mask_weight must be at least 0 and smooth_mask_detail (low, high) with "
                              f"0 <= low < high; got {smooth_mask_weight}, {smooth_mask_detail}")
+        if smooth_mask_range is not None and not smooth_mask_range > 0:
+            raise ValueError(f"smooth_mask_range must be positive; got {smooth_mask_range}")
         for name, given in (("smooth_mask_alignment", smooth_mask_alignment), ("smooth_mask_kept", smooth_mask_kept)):
             if given is not None and not 0 <= given[0] < given[1]:
                 raise ValueError(f"{name} (low, high) needs 0 <= low < high; got {given}")
@@ -105,6 +124,7 @@ class ColourPropagation(nn.Module):
             (float(smooth_mask_alignment[0]), float(smooth_mask_alignment[1]))
         self.smooth_mask_kept = None if smooth_mask_kept is None else \
             (float(smooth_mask_kept[0]), float(smooth_mask_kept[1]))
+        self.smooth_mask_range = None if smooth_mask_range is None else float(smooth_mask_range)
         self.rounds = rounds
         self.colour_weight, self.colour_block = float(colour_weight), colour_block
         self.spatial_sigma, self.range_sigma, self.iterations = float(spatial_sigma), float(range_sigma), iterations
@@ -121,7 +141,7 @@ class ColourPropagation(nn.Module):
         if image.shape[0] != coarse.shape[0] or image.shape[-2:] != coarse.shape[-2:]:
             raise ValueError(f"image {tuple(image.shape)} and coarse {tuple(coarse.shape)} must share batch and size")
         image = image.float()
-        weight, kept = self.trust(coarse, image)
+        weight, kept, smooth = self.trust(coarse, image)
         # Floored, so that no sum decays into subnormal floats (slow), and renormalised over the classes given (the
         # pipeline passes only those some pixel votes for).
         x = coarse.float().clamp_min(PROB_FLOOR).contiguous()  # each class map one plane, as the scans read it
@@ -130,7 +150,8 @@ class ColourPropagation(nn.Module):
         # Colour differences between neighbours, the same at every scale: along rows and along columns.
         across_columns = (image[..., 1:] - image[..., :-1]).abs().sum(1)  # (N, H, W-1)
         across_rows = (image[..., 1:, :] - image[..., :-1, :]).abs().sum(1)  # (N, H-1, W)
-        links = [(self._links(across_columns, s), self._links(across_rows, s)) for s in self.schedule()]
+        scale = self._difference_scale(smooth)
+        links = [(self._links(across_columns, s, scale), self._links(across_rows, s, scale)) for s in self.schedule()]
         for round_ in range(self.rounds):
             if round_:  # the previous round's mask, one-hot (floored as above)
                 x = F.one_hot(class_map(x), x.shape[1]).movedim(-1, 1).float().clamp_min(PROB_FLOOR)
@@ -150,19 +171,19 @@ class ColourPropagation(nn.Module):
         refined = x.clamp_min_(PROB_FLOOR).log_().to(coarse.dtype)
         return refined.new_zeros(()), refined
 
-    def trust(self, coarse: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per image of (N, K, H, W) coarse probabilities and (N, 3, H, W) RGB images: the colour weight (N,) and the
-        share (N,) of the coarse map that comes back as given (`smooth_mask_kept`), both float32."""
+    def trust(self, coarse: torch.Tensor, image: torch.Tensor) -> Trust:
+        """Per image of (N, K, H, W) coarse probabilities and (N, 3, H, W) RGB images: how far its coarse map is
+        trusted (`Trust`)."""
         n = coarse.shape[0]
         weight = torch.full((n,), self.colour_weight, device=coarse.device)
         kept = torch.zeros((n,), device=coarse.device)
         if self.smooth_mask_weight is None or coarse.shape[1] < 2:
-            return weight, kept
+            return Trust(weight, kept, torch.zeros_like(kept))
         # (N,): given as a mask, not probabilities: most pixels exactly one-hot, judged on every 4th row and column
         # (a maximum over the class axis strides through the maps: 0.6 ms for 11 classes at 480 x 360, 0.2 so).
         hard = (coarse[..., ::4, ::4].amax(1) == 1).flatten(1).float().mean(1) >= 0.5
         if not bool(hard.any()):
-            return weight, kept
+            return Trust(weight, kept, torch.zeros_like(kept))
         labels = class_map(coarse)
         low, high = self.smooth_mask_detail
         smooth = ((high - mask_detail(coarse, labels=labels)) / (high - low)).clamp_(0, 1) * hard
@@ -174,7 +195,7 @@ class ColourPropagation(nn.Module):
             if self.smooth_mask_alignment is not None:
                 low, high = self.smooth_mask_alignment
                 smooth = smooth * ((high - alignment) / (high - low)).clamp_(0, 1)
-        return weight + (self.smooth_mask_weight - weight) * smooth, kept
+        return Trust(weight + (self.smooth_mask_weight - weight) * smooth, kept, smooth)
 
     def _propagate(self, x: torch.Tensor, links: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         for along_rows, along_columns in links:
@@ -188,10 +209,21 @@ class ColourPropagation(nn.Module):
         n = self.iterations
         return [self.spatial_sigma * math.sqrt(3) * 2 ** (n - i - 1) / math.sqrt(4**n - 1) for i in range(n)]
 
-    def _links(self, difference: torch.Tensor, sigma: float) -> torch.Tensor:
-        """The gate between each pair of neighbours: a ** (1 + sigma / range_sigma * colour difference)."""
+    def _difference_scale(self, smooth: torch.Tensor) -> torch.Tensor | None:
+        """(N,) smooth shares -> None (every image at range_sigma) or (N, 1, 1): range_sigma over each image's own
+        (`smooth_mask_range`), what its colour differences are multiplied by."""
+        if self.smooth_mask_range is None or not bool((smooth > 0).any()):
+            return None
+        return (1 + (self.range_sigma / self.smooth_mask_range - 1) * smooth).view(-1, 1, 1)
+
+    def _links(self, difference: torch.Tensor, sigma: float, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The gate between each pair of neighbours: a ** (1 + sigma / range_sigma * colour difference), each
+        image's differences times its `scale` (N, 1, 1) when given."""
         log_a = -math.sqrt(2) / sigma  # exp(log a * ...): torch.pow with a scalar base is several times slower
-        return torch.exp(difference.mul(log_a * sigma / self.range_sigma).add_(log_a))
+        exponent = difference.mul(log_a * sigma / self.range_sigma)
+        if scale is not None:
+            exponent.mul_(scale)
+        return torch.exp(exponent.add_(log_a))
 
 
 def boundary_pixels(labels: torch.Tensor) -> torch.Tensor:
@@ -250,8 +282,10 @@ def spn_colour(*, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterati
                colour_weight: float = 0.0, colour_block: int = 32, smooth_mask_weight: float | None = None,
                smooth_mask_detail: tuple[float, float] = (0.2, 0.3),
                smooth_mask_alignment: tuple[float, float] | None = None,
-               smooth_mask_kept: tuple[float, float] | None = None) -> ColourPropagation:
+               smooth_mask_kept: tuple[float, float] | None = None,
+               smooth_mask_range: float | None = None) -> ColourPropagation:
     return ColourPropagation(spatial_sigma=spatial_sigma, range_sigma=range_sigma, iterations=iterations,
                              rounds=rounds, colour_weight=colour_weight, colour_block=colour_block,
                              smooth_mask_weight=smooth_mask_weight, smooth_mask_detail=smooth_mask_detail,
-                             smooth_mask_alignment=smooth_mask_alignment, smooth_mask_kept=smooth_mask_kept)
+                             smooth_mask_alignment=smooth_mask_alignment, smooth_mask_kept=smooth_mask_kept,
+                             smooth_mask_range=smooth_mask_range)
