@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 NAME = "spn_colour"
 CHOSEN = {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "rounds": 1, "colour_weight": 1.0,
-          "colour_block": 32, "smooth_mask_weight": 3.0, "smooth_mask_detail": (0.18, 0.45),
+          "colour_block": 32, "colour_bins": 5632, "smooth_mask_weight": 3.0, "smooth_mask_detail": (0.18, 0.45),
           "smooth_mask_alignment": (1.2, 1.4), "smooth_mask_kept": (1.4, 1.6), "smooth_mask_range": 0.4}
 GRID = [
     {"spatial_sigma": 20.0, "range_sigma": 0.1, "iterations": 2},
@@ -56,6 +56,10 @@ GRID = [
     *({"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.0, "smooth_mask_weight": 3.0,
        "smooth_mask_detail": (0.18, high), "smooth_mask_alignment": (1.2, 1.4), "smooth_mask_kept": (1.4, 1.6),
        "smooth_mask_range": 0.4} for high in (0.45, 0.6)),
+    # ... and finer colour histograms where there are fewer classes (colour_bins over 8^3 = 512 per class).
+    *({"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.0, "colour_bins": bins,
+       "smooth_mask_weight": 3.0, "smooth_mask_detail": (0.18, 0.45), "smooth_mask_alignment": (1.2, 1.4),
+       "smooth_mask_kept": (1.4, 1.6), "smooth_mask_range": 0.4} for bins in (512 * 6, 512 * 11, 512 * 16)),
 ]
 
 
@@ -107,8 +111,8 @@ def grid(real: Path, work: Path, limit: int | None, rows: list[int], camvid_base
                              f"{100 * refined['miou']:.2f}/{100 * refined['boundary_f']:.2f}")
         table.append((gains, args, cells))
     print("\n| spatial_sigma | range_sigma | iterations | rounds | colour_weight | colour_block | smooth_mask_weight | "
-          "smooth_mask_detail | guards | smooth_mask_range | " + " | ".join(sets) + " | sum of gains |")
-    print("|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(sets) + "---|")
+          "smooth_mask_detail | guards | smooth_mask_range | colour_bins | " + " | ".join(sets) + " | sum of gains |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(sets) + "---|")
     for gains, args, cells in table:
         weight = args.get("colour_weight", 0.0)
         print(f"| {args['spatial_sigma']:g} | {args['range_sigma']:g} | {args['iterations']} | {args.get('rounds', 1)} | "
@@ -116,7 +120,7 @@ def grid(real: Path, work: Path, limit: int | None, rows: list[int], camvid_base
               f"{args.get('smooth_mask_weight') or '-'} | "
               f"{'-' if args.get('smooth_mask_weight') is None else tuple(args['smooth_mask_detail'])} | "
               f"{'yes' if args.get('smooth_mask_alignment') else '-'} | "
-              f"{args.get('smooth_mask_range') or '-'} | " + " | ".join(cells)
+              f"{args.get('smooth_mask_range') or '-'} | {args.get('colour_bins') or '-'} | " + " | ".join(cells)
               + f" | {gains:+.2f} |")
 
 

@@ -75,6 +75,10 @@ class ColourPropagation(nn.Module):
         neighbours) raised to this power; the last, shortest-reaching iteration then settles them among their
         neighbours. The colours of a class seen tens of pixels away move a boundary that the local average alone
         leaves where a blobby mask put it.
+    colour_bins: None (every class's histograms quantise each colour channel into 8 levels), or how many bins all
+        the classes' histograms may hold together: each channel gets more levels (at most 16) while their cube, times
+        the number of classes, fits. With fewer classes each has more pixels to fill a finer histogram, and the
+        table (the models' time and memory) grows no larger than with 8 levels and colour_bins / 512 classes.
     smooth_mask_weight: None, or the colour weight for a hard mask (most pixels exactly one-hot) without fine
         detail: its `mask_detail` at most `smooth_mask_detail[0]` gets this weight, at least `smooth_mask_detail[1]`
         gets `colour_weight`, and the weight goes linearly between. Probabilities always get `colour_weight`.
@@ -97,8 +101,8 @@ class ColourPropagation(nn.Module):
     min_side = 1
 
     def __init__(self, *, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterations: int = 2, rounds: int = 1,
-                 colour_weight: float = 0.0, colour_block: int = 32, smooth_mask_weight: float | None = None,
-                 smooth_mask_detail: tuple[float, float] = (0.2, 0.3),
+                 colour_weight: float = 0.0, colour_block: int = 32, colour_bins: int | None = None,
+                 smooth_mask_weight: float | None = None, smooth_mask_detail: tuple[float, float] = (0.2, 0.3),
                  smooth_mask_alignment: tuple[float, float] | None = None,
                  smooth_mask_kept: tuple[float, float] | None = None, smooth_mask_range: float | None = None,
                  backend: EdgeMeanBackend = "auto") -> None:
@@ -106,9 +110,9 @@ class ColourPropagation(nn.Module):
         if spatial_sigma <= 0 or range_sigma <= 0 or iterations < 1 or rounds < 1:
             raise ValueError("spatial_sigma and range_sigma must be positive, iterations and rounds at least 1; got "
                              f"{spatial_sigma}, {range_sigma}, {iterations}, {rounds}")
-        if colour_weight < 0 or colour_block < 1:
-            raise ValueError(f"colour_weight must be at least 0 and colour_block at least 1; got {colour_weight}, "
-                             f"{colour_block}")
+        if colour_weight < 0 or colour_block < 1 or (colour_bins is not None and colour_bins < 1):
+            raise ValueError(f"colour_weight must be at least 0, colour_block and colour_bins at least 1; "
+                             f"got {colour_weight}, {colour_block}, {colour_bins}")
         low, high = smooth_mask_detail
         if smooth_mask_weight is not None and (smooth_mask_weight < 0 or not 0 <= low < high):
             raise ValueError(f"smooth_mask_weight must be at least 0 and smooth_mask_detail (low, high) with "
@@ -126,7 +130,7 @@ class ColourPropagation(nn.Module):
             (float(smooth_mask_kept[0]), float(smooth_mask_kept[1]))
         self.smooth_mask_range = None if smooth_mask_range is None else float(smooth_mask_range)
         self.rounds = rounds
-        self.colour_weight, self.colour_block = float(colour_weight), colour_block
+        self.colour_weight, self.colour_block, self.colour_bins = float(colour_weight), colour_block, colour_bins
         self.spatial_sigma, self.range_sigma, self.iterations = float(spatial_sigma), float(range_sigma), iterations
         self.backend = backend
 
@@ -164,7 +168,8 @@ class ColourPropagation(nn.Module):
             # averaged with their neighbours, and (measured on the train splits) sharp masks keep their mIoU, which
             # a further propagation after the whole schedule lowered.
             power = float(weight[0]) if bool((weight == weight[0]).all()) else weight  # one number: no pass at 1
-            models = colour_models(image, x, block=self.colour_block, power=power, backend=self.backend)
+            models = colour_models(image, x, block=self.colour_block, levels=self.colour_levels(x.shape[1]),
+                                   power=power, backend=self.backend)
             x = self._propagate(reweigh(x, models, floor=PROB_FLOOR, backend=self.backend), links[-1:])
         if given is not None:  # the propagation returns new tensors: `given` is still the coarse map
             x = x.lerp_(given, kept.view(-1, 1, 1, 1))
@@ -196,6 +201,13 @@ class ColourPropagation(nn.Module):
                 low, high = self.smooth_mask_alignment
                 smooth = smooth * ((high - alignment) / (high - low)).clamp_(0, 1)
         return Trust(weight + (self.smooth_mask_weight - weight) * smooth, kept, smooth)
+
+    def colour_levels(self, classes: int) -> int:
+        """Levels per colour channel of each class's histograms (`colour_bins`)."""
+        levels = 8
+        while self.colour_bins is not None and levels < 16 and (levels + 1) ** 3 * classes <= self.colour_bins:
+            levels += 1
+        return levels
 
     def _propagate(self, x: torch.Tensor, links: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         for along_rows, along_columns in links:
@@ -279,13 +291,14 @@ def mask_alignment(image: torch.Tensor, labels: torch.Tensor, reach: int = 5) ->
 
 
 def spn_colour(*, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterations: int = 2, rounds: int = 1,
-               colour_weight: float = 0.0, colour_block: int = 32, smooth_mask_weight: float | None = None,
-               smooth_mask_detail: tuple[float, float] = (0.2, 0.3),
+               colour_weight: float = 0.0, colour_block: int = 32, colour_bins: int | None = None,
+               smooth_mask_weight: float | None = None, smooth_mask_detail: tuple[float, float] = (0.2, 0.3),
                smooth_mask_alignment: tuple[float, float] | None = None,
                smooth_mask_kept: tuple[float, float] | None = None,
                smooth_mask_range: float | None = None) -> ColourPropagation:
     return ColourPropagation(spatial_sigma=spatial_sigma, range_sigma=range_sigma, iterations=iterations,
                              rounds=rounds, colour_weight=colour_weight, colour_block=colour_block,
-                             smooth_mask_weight=smooth_mask_weight, smooth_mask_detail=smooth_mask_detail,
-                             smooth_mask_alignment=smooth_mask_alignment, smooth_mask_kept=smooth_mask_kept,
+                             colour_bins=colour_bins, smooth_mask_weight=smooth_mask_weight,
+                             smooth_mask_detail=smooth_mask_detail, smooth_mask_alignment=smooth_mask_alignment,
+                             smooth_mask_kept=smooth_mask_kept,
                              smooth_mask_range=smooth_mask_range)

@@ -173,8 +173,33 @@ def test_local_colour_models_move_a_blobby_boundary_further():
     assert (coarse != truth).sum().item() > errors[0] > 1.25 * errors[1]
 
 
+def test_fewer_classes_get_finer_colour_histograms():
+    # colour_bins over the classes: 8 levels per channel for 11 classes or more, up to 16 for one class.
+    budget = ColourPropagation(colour_weight=1.0, colour_bins=512 * 11)
+    assert [budget.colour_levels(k) for k in (1, 2, 3, 11, 21)] == [16, 14, 12, 8, 8]
+    assert [ColourPropagation(colour_weight=1.0).colour_levels(k) for k in (1, 2, 21)] == [8, 8, 8]
+    # A striped object whose light stripes (0.58 grey) share an 8-level bin with the background (0.52) but not a
+    # 14-level one; the coarse mask 8 px too large all round. Only the finer histograms give the band back.
+    height, width = 64, 96
+    truth = torch.zeros(1, height, width, dtype=torch.long)
+    truth[:, 16:48, 24:72] = 1
+    image = torch.full((1, 3, height, width), 0.52)
+    image[0, :, 16:48, 24:72] = (0.58 - 0.12 * (torch.arange(24, 72) // 2 % 2).float())[None, None]
+    noise = torch.rand(image.shape, generator=torch.Generator().manual_seed(0))
+    image = (image + 0.02 * (noise - 0.5)).clamp(0, 1)
+    coarse = torch.zeros_like(truth)
+    coarse[:, 8:56, 16:80] = 1
+    errors = [(m(image, _one_hot(coarse, 2)).argmax(1) != truth).sum().item()
+              for m in (ColourPropagation(colour_weight=1.0), budget)]
+    assert errors[1] < 0.6 * errors[0] < 0.6 * (coarse != truth).sum().item()  # measured: 419 and 935 of 1536
+    # With 11 classes the budget gives 8 levels: the same result to the bit.
+    labels = torch.randint(0, 11, (1, height, width), generator=torch.Generator().manual_seed(1))
+    scores = _one_hot(labels, 11) * 0.9 + 0.01
+    assert torch.equal(budget(image, scores), ColourPropagation(colour_weight=1.0)(image, scores))
+
+
 def test_colour_model_arguments_are_checked():
-    for bad in ({"colour_weight": -1.0}, {"colour_block": 0}):
+    for bad in ({"colour_weight": -1.0}, {"colour_block": 0}, {"colour_bins": 0}):
         with pytest.raises(ValueError, match="colour"):
             ColourPropagation(**bad)
 
@@ -186,12 +211,13 @@ def test_colour_models_run_on_any_size_and_both_backends_agree(size: tuple[int, 
     gen = torch.Generator().manual_seed(size[0] * 100 + size[1])
     image = torch.rand(2, 3, *size, generator=gen)
     coarse = torch.rand(2, 3, *size, generator=gen).softmax(1)
-    torch_out = ColourPropagation(colour_weight=1.0, backend="torch")(image, coarse)
-    assert torch_out.shape == coarse.shape and torch.isfinite(torch_out).all()
-    torch.testing.assert_close(torch_out.exp().sum(1), torch.ones(2, *size), rtol=0, atol=1e-4)
-    if cpp.available():
-        cpp_out = ColourPropagation(colour_weight=1.0, backend="cpp")(image, coarse)
-        torch.testing.assert_close(cpp_out, torch_out, rtol=1e-4, atol=1e-5)
+    for bins in (None, 512 * 11):  # 8 levels, and 12 (3 classes)
+        torch_out = ColourPropagation(colour_weight=1.0, colour_bins=bins, backend="torch")(image, coarse)
+        assert torch_out.shape == coarse.shape and torch.isfinite(torch_out).all()
+        torch.testing.assert_close(torch_out.exp().sum(1), torch.ones(2, *size), rtol=0, atol=1e-4)
+        if cpp.available():
+            cpp_out = ColourPropagation(colour_weight=1.0, colour_bins=bins, backend="cpp")(image, coarse)
+            torch.testing.assert_close(cpp_out, torch_out, rtol=1e-4, atol=1e-5)
 
 
 def _blocks(labels: torch.Tensor, block: int) -> torch.Tensor:
