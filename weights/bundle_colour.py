@@ -60,6 +60,9 @@ GRID = [
     *({"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.0, "colour_bins": bins,
        "smooth_mask_weight": 3.0, "smooth_mask_detail": (0.18, 0.45), "smooth_mask_alignment": (1.2, 1.4),
        "smooth_mask_kept": (1.4, 1.6), "smooth_mask_range": 0.4} for bins in (512 * 6, 512 * 11, 512 * 16)),
+    # Around the chosen setting again, once all of it is in place: the smooth-mask weight and reach.
+    *({**CHOSEN, "smooth_mask_weight": w} for w in (2.5, 4.0)),
+    *({**CHOSEN, "smooth_mask_range": r} for r in (0.3, 0.5)),
 ]
 
 
