@@ -63,6 +63,7 @@ GRID = [
     # Around the chosen setting again, once all of it is in place: the smooth-mask weight and reach.
     *({**CHOSEN, "smooth_mask_weight": w} for w in (2.5, 4.0)),
     *({**CHOSEN, "smooth_mask_range": r} for r in (0.3, 0.5)),
+    {**CHOSEN, "smooth_mask_weight": 1.0},  # the plain weight: the guard's reference
 ]
 
 
