@@ -155,7 +155,9 @@ class ColourPropagation(nn.Module):
         across_columns = (image[..., 1:] - image[..., :-1]).abs().sum(1)  # (N, H, W-1)
         across_rows = (image[..., 1:, :] - image[..., :-1, :]).abs().sum(1)  # (N, H-1, W)
         scale = self._difference_scale(smooth)
-        links = [(self._links(across_columns, s, scale), self._links(across_rows, s, scale)) for s in self.schedule()]
+        if scale is not None:  # smooth masks' differences count for less: their scans reach across fainter edges
+            across_columns, across_rows = across_columns * scale, across_rows * scale
+        links = [(self._links(across_columns, s), self._links(across_rows, s)) for s in self.schedule()]
         for round_ in range(self.rounds):
             if round_:  # the previous round's mask, one-hot (floored as above)
                 x = F.one_hot(class_map(x), x.shape[1]).movedim(-1, 1).float().clamp_min(PROB_FLOOR)
@@ -228,14 +230,10 @@ class ColourPropagation(nn.Module):
             return None
         return (1 + (self.range_sigma / self.smooth_mask_range - 1) * smooth).view(-1, 1, 1)
 
-    def _links(self, difference: torch.Tensor, sigma: float, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """The gate between each pair of neighbours: a ** (1 + sigma / range_sigma * colour difference), each
-        image's differences times its `scale` (N, 1, 1) when given."""
+    def _links(self, difference: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The gate between each pair of neighbours: a ** (1 + sigma / range_sigma * colour difference)."""
         log_a = -math.sqrt(2) / sigma  # exp(log a * ...): torch.pow with a scalar base is several times slower
-        exponent = difference.mul(log_a * sigma / self.range_sigma)
-        if scale is not None:
-            exponent.mul_(scale)
-        return torch.exp(exponent.add_(log_a))
+        return torch.exp(difference.mul(log_a * sigma / self.range_sigma).add_(log_a))
 
 
 def boundary_pixels(labels: torch.Tensor) -> torch.Tensor:
