@@ -29,6 +29,9 @@ NAME = "spn_colour"
 CHOSEN = {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "rounds": 1, "colour_weight": 1.0,
           "colour_block": 32, "colour_bins": 5632, "smooth_mask_weight": 3.0, "smooth_mask_detail": (0.18, 0.45),
           "smooth_mask_alignment": (1.2, 1.4), "smooth_mask_kept": (1.4, 1.6), "smooth_mask_range": 0.4}
+# The setting shipped before smooth_mask_range: the base of the later grid rows.
+GUARDED = {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.0, "smooth_mask_weight": 3.0,
+           "smooth_mask_detail": (0.18, 0.33), "smooth_mask_alignment": (1.2, 1.4), "smooth_mask_kept": (1.4, 1.6)}
 GRID = [
     {"spatial_sigma": 20.0, "range_sigma": 0.1, "iterations": 2},
     {"spatial_sigma": 40.0, "range_sigma": 0.1, "iterations": 2},
@@ -46,20 +49,14 @@ GRID = [
     {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 2.0, "colour_block": 64},
     *({"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.0, "smooth_mask_weight": w,
        "smooth_mask_detail": (0.18, 0.33)} for w in (2.0, 3.0, 4.0, 5.0)),
-    # The chosen setting with its guards, then a longer reach for smooth masks.
-    {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.0, "smooth_mask_weight": 3.0,
-     "smooth_mask_detail": (0.18, 0.33), "smooth_mask_alignment": (1.2, 1.4), "smooth_mask_kept": (1.4, 1.6)},
-    *({"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.0, "smooth_mask_weight": 3.0,
-       "smooth_mask_detail": (0.18, 0.33), "smooth_mask_alignment": (1.2, 1.4), "smooth_mask_kept": (1.4, 1.6),
-       "smooth_mask_range": r} for r in (0.3, 0.4, 0.6)),
+    # The setting shipped before smooth_mask_range (with its guards), then a longer reach for smooth masks.
+    GUARDED,
+    *({**GUARDED, "smooth_mask_range": r} for r in (0.3, 0.4, 0.6)),
     # ... and a wider range of detail that counts as smooth.
-    *({"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.0, "smooth_mask_weight": 3.0,
-       "smooth_mask_detail": (0.18, high), "smooth_mask_alignment": (1.2, 1.4), "smooth_mask_kept": (1.4, 1.6),
-       "smooth_mask_range": 0.4} for high in (0.45, 0.6)),
+    *({**GUARDED, "smooth_mask_range": 0.4, "smooth_mask_detail": (0.18, high)} for high in (0.45, 0.6)),
     # ... and finer colour histograms where there are fewer classes (colour_bins over 8^3 = 512 per class).
-    *({"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.0, "colour_bins": bins,
-       "smooth_mask_weight": 3.0, "smooth_mask_detail": (0.18, 0.45), "smooth_mask_alignment": (1.2, 1.4),
-       "smooth_mask_kept": (1.4, 1.6), "smooth_mask_range": 0.4} for bins in (512 * 6, 512 * 11, 512 * 16)),
+    *({**GUARDED, "smooth_mask_range": 0.4, "smooth_mask_detail": (0.18, 0.45), "colour_bins": bins}
+      for bins in (512 * 6, 512 * 11, 512 * 16)),
     # Around the chosen setting again, once all of it is in place: the smooth-mask weight and reach.
     *({**CHOSEN, "smooth_mask_weight": w} for w in (2.5, 4.0)),
     *({**CHOSEN, "smooth_mask_range": r} for r in (0.3, 0.5)),
