@@ -6,7 +6,8 @@ its settings on training data only.
 
 The grid scores `refine-cli evaluate` on DAVIS train sequences (ground truth coarsened like a stride-8 and a
 stride-16 network, blocks upsampled by pixel replication) and on CamVid train (the hard masks of each base network
-named by --camvid-bases, as `refine --masks` gets them), every image of each (or the first --limit). The setting
+named by --camvid-bases, as `refine --masks` gets them, and the probabilities of each named by
+--camvid-probabilities, as `refine` gets them from the base), every image of each (or the first --limit). The setting
 kept is, among those that lower no set's mIoU (do no harm first), the one with the largest sum of mIoU and boundary F
 gains over the sets; for the smooth-mask weight also no set's mIoU more than 0.05 below the plain weight's (the
 model card says why). The val splits are never looked at here.
@@ -26,9 +27,11 @@ from refine_cli import models, weights
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 NAME = "spn_colour"
-CHOSEN = {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "rounds": 1, "colour_weight": 1.0,
+# The setting shipped before confident_kept: the base of the last grid rows.
+BINNED = {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "rounds": 1, "colour_weight": 1.0,
           "colour_block": 32, "colour_bins": 5632, "smooth_mask_weight": 3.0, "smooth_mask_detail": (0.18, 0.45),
           "smooth_mask_alignment": (1.2, 1.4), "smooth_mask_kept": (1.4, 1.6), "smooth_mask_range": 0.4}
+CHOSEN = {**BINNED, "confident_kept": 16.0}
 # The setting shipped before smooth_mask_range: the base of the later grid rows.
 GUARDED = {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.0, "smooth_mask_weight": 3.0,
            "smooth_mask_detail": (0.18, 0.33), "smooth_mask_alignment": (1.2, 1.4), "smooth_mask_kept": (1.4, 1.6)}
@@ -58,9 +61,12 @@ GRID = [
     *({**GUARDED, "smooth_mask_range": 0.4, "smooth_mask_detail": (0.18, 0.45), "colour_bins": bins}
       for bins in (512 * 6, 512 * 11, 512 * 16)),
     # Around the chosen setting again, once all of it is in place: the smooth-mask weight and reach.
-    *({**CHOSEN, "smooth_mask_weight": w} for w in (2.5, 4.0)),
-    *({**CHOSEN, "smooth_mask_range": r} for r in (0.3, 0.5)),
-    {**CHOSEN, "smooth_mask_weight": 1.0},  # the plain weight: the guard's reference
+    *({**BINNED, "smooth_mask_weight": w} for w in (2.5, 4.0)),
+    *({**BINNED, "smooth_mask_range": r} for r in (0.3, 0.5)),
+    {**BINNED, "smooth_mask_weight": 1.0},  # the plain weight: the guard's reference
+    # Probabilities' confident pixels kept as given (scored with --camvid-probabilities).
+    BINNED,
+    *({**BINNED, "confident_kept": g} for g in (8.0, 16.0, 32.0)),
 ]
 
 
@@ -81,7 +87,8 @@ def cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "refine_cli", *args], check=True, cwd=ROOT)
 
 
-def grid(real: Path, work: Path, limit: int | None, rows: list[int], camvid_bases: list[str]) -> None:
+def grid(real: Path, work: Path, limit: int | None, rows: list[int], camvid_bases: list[str],
+         camvid_probabilities: list[str]) -> None:
     davis, camvid = real / "davis", real / "camvid"
     sets = {}
     for stride in (8, 16):
@@ -96,6 +103,8 @@ def grid(real: Path, work: Path, limit: int | None, rows: list[int], camvid_base
             cli("segment", str(camvid / "train" / "images"), "--base", base, "--out", str(masks), "--no-overlay")
         sets[f"CamVid train, {base} masks"] = ["--data", str(camvid), "--format", "camvid", "--masks",
                                               str(masks / "masks")]
+    for base in camvid_probabilities:  # the base runs again for each row: its probabilities are not stored
+        sets[f"CamVid train, {base} probabilities"] = ["--data", str(camvid), "--format", "camvid", "--base", base]
     table = []
     for args in (GRID[i] for i in rows):
         with tempfile.TemporaryDirectory() as tmp:
@@ -112,8 +121,9 @@ def grid(real: Path, work: Path, limit: int | None, rows: list[int], camvid_base
                              f"{100 * refined['miou']:.2f}/{100 * refined['boundary_f']:.2f}")
         table.append((gains, args, cells))
     print("\n| spatial_sigma | range_sigma | iterations | rounds | colour_weight | colour_block | smooth_mask_weight | "
-          "smooth_mask_detail | guards | smooth_mask_range | colour_bins | " + " | ".join(sets) + " | sum of gains |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(sets) + "---|")
+          "smooth_mask_detail | guards | smooth_mask_range | colour_bins | confident_kept | " + " | ".join(sets)
+          + " | sum of gains |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(sets) + "---|")
     for gains, args, cells in table:
         weight = args.get("colour_weight", 0.0)
         print(f"| {args['spatial_sigma']:g} | {args['range_sigma']:g} | {args['iterations']} | {args.get('rounds', 1)} | "
@@ -121,7 +131,8 @@ def grid(real: Path, work: Path, limit: int | None, rows: list[int], camvid_base
               f"{args.get('smooth_mask_weight') or '-'} | "
               f"{'-' if args.get('smooth_mask_weight') is None else tuple(args['smooth_mask_detail'])} | "
               f"{'yes' if args.get('smooth_mask_alignment') else '-'} | "
-              f"{args.get('smooth_mask_range') or '-'} | {args.get('colour_bins') or '-'} | " + " | ".join(cells)
+              f"{args.get('smooth_mask_range') or '-'} | {args.get('colour_bins') or '-'} | "
+              f"{args.get('confident_kept') or '-'} | " + " | ".join(cells)
               + f" | {gains:+.2f} |")
 
 
@@ -132,13 +143,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "results" / "bundle_colour")
     parser.add_argument("--limit", type=int, help="score only the first N images of each set")
     parser.add_argument("--camvid-bases", default="espnet_camvid",
-                        help="comma-separated base networks whose CamVid train masks are scored")
+                        help="comma-separated base networks whose CamVid train masks are scored ('' for none)")
+    parser.add_argument("--camvid-probabilities", default="",
+                        help="comma-separated base networks whose CamVid train probabilities are scored")
     parser.add_argument("--rows", default=",".join(str(i) for i in range(len(GRID))),
                         help="which settings of the grid to score, by index (default: all)")
     args = parser.parse_args()
     if args.grid:
         args.work.mkdir(parents=True, exist_ok=True)
-        grid(args.real, args.work, args.limit, [int(i) for i in args.rows.split(",")], args.camvid_bases.split(","))
+        grid(args.real, args.work, args.limit, [int(i) for i in args.rows.split(",")],
+             [b for b in args.camvid_bases.split(",") if b], [b for b in args.camvid_probabilities.split(",") if b])
         return
     path = write(HERE / f"{NAME}.pt", CHOSEN)
     weights.record_file(path)

@@ -330,6 +330,36 @@ def test_a_blobby_hard_mask_crosses_faint_texture_with_the_smooth_mask_range():
     assert torch.equal(plain(image, soft), reaching(image, soft))
 
 
+def test_confident_probabilities_come_back_and_doubted_ones_are_refined():
+    # A faint pole (3 px, 0.02 lighter than the wall around it) the network is sure of, and a band of 6 px where it
+    # doubts between the wall and the bright region beside it (truly wall). The propagation averages the pole into
+    # the wall; with confident_kept it comes back, and the doubted band is refined as before.
+    height, width = 40, 64
+    image = torch.full((1, 3, height, width), 0.5)
+    image[..., 30:33] = 0.52
+    image[..., 50:] = 0.85
+    noise = torch.rand(image.shape, generator=torch.Generator().manual_seed(0))
+    image = (image + 0.02 * (noise - 0.5)).clamp(0, 1)
+    truth = torch.zeros(1, height, width, dtype=torch.long)
+    truth[..., 30:33] = 1
+    truth[..., 50:] = 2
+    labels = truth.clone()
+    labels[..., 44:50] = 2
+    coarse = _one_hot(labels, 3) * 0.99 + 0.0033
+    coarse[..., 44:50] = torch.tensor([0.45, 0.02, 0.53]).view(1, 3, 1, 1)
+    coarse = coarse / coarse.sum(1, keepdim=True)
+    plain, keeping = ColourPropagation(colour_weight=1.0), ColourPropagation(colour_weight=1.0, confident_kept=16.0)
+    refined = {name: m(image, coarse).argmax(1) for name, m in (("plain", plain), ("keeping", keeping))}
+    assert (refined["plain"][truth == 1] == 1).sum() == 0  # measured: the pole gone
+    assert torch.equal(refined["keeping"], truth)
+    assert (refined["plain"][..., 44:50] == 0).all()
+    # Hard masks are not probabilities: the same result to the bit.
+    hard = _one_hot(labels, 3)
+    assert torch.equal(plain(image, hard), keeping(image, hard))
+    with pytest.raises(ValueError, match="confident_kept"):
+        ColourPropagation(confident_kept=0.0)
+
+
 def test_smooth_mask_arguments_are_checked():
     for bad in ({"smooth_mask_weight": -1.0}, {"smooth_mask_weight": 2.0, "smooth_mask_detail": (0.3, 0.2)},
                 {"smooth_mask_weight": 2.0, "smooth_mask_detail": (-0.1, 0.2)},
