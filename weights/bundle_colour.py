@@ -67,6 +67,8 @@ GRID = [
     # Probabilities' confident pixels kept as given (scored with --camvid-probabilities).
     BINNED,
     *({**BINNED, "confident_kept": g} for g in (8.0, 16.0, 32.0)),
+    # colour_bins again, now that the grid scores probabilities too (8 levels throughout, then fewer bins).
+    *({**CHOSEN, "colour_bins": bins} for bins in (None, 512 * 6)),
 ]
 
 
