@@ -66,7 +66,7 @@ def main() -> None:
         print(f"| {row['label']} | " + " | ".join(_cell(row["report"]["reports"][s]["methods"][1]) for s in sets) + " |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows}, indent=1, default=list) + "\n")
+        args.json.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
 
 
 def _cell(method: dict) -> str:

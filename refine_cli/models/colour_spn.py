@@ -195,7 +195,7 @@ class ColourPropagation(nn.Module):
         n = coarse.shape[0]
         weight = torch.full((n,), self.colour_weight, device=coarse.device)
         kept = torch.zeros((n,), device=coarse.device)
-        if (self.smooth_mask_weight is None and self.confident_kept is None) or coarse.shape[1] < 2:
+        if coarse.shape[1] < 2:  # one class: every pixel is one-hot
             return Trust(weight, kept, torch.zeros_like(kept), torch.ones_like(kept, dtype=torch.bool))
         # (N,): given as a mask, not probabilities: most pixels exactly one-hot, judged on every 4th row and column
         # (a maximum over the class axis strides through the maps: 0.6 ms for 11 classes at 480 x 360, 0.2 so).

@@ -356,6 +356,7 @@ def test_confident_probabilities_come_back_and_doubted_ones_are_refined():
     # Hard masks are not probabilities: the same result to the bit.
     hard = _one_hot(labels, 3)
     assert torch.equal(plain(image, hard), keeping(image, hard))
+    assert plain.trust(hard, image).hard.tolist() == [True] and plain.trust(coarse, image).hard.tolist() == [False]
     with pytest.raises(ValueError, match="confident_kept"):
         ColourPropagation(confident_kept=0.0)
 
