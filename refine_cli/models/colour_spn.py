@@ -100,6 +100,10 @@ class ColourPropagation(nn.Module):
         `smooth_mask_weight`.
     confident_kept: None, or a power g: probabilities (not hard masks) come back as given at each pixel in the share
         p^g, p its largest coarse probability (at g = 16: half at p = 0.96, a sixth at 0.9, none to speak of below 0.8).
+    colour_confidence: None, or a power c: each pixel counts in its class's colour models by how sure the map
+        propagated so far is of it, (best - second best probability)^c, rather than 1. The band of doubt along a
+        coarse boundary holds the neighbouring class's colours as much as its own class's; counted in full, it
+        teaches each model the other's colours, most where the boundary strays furthest.
     """
 
     per_class = True  # every class map is propagated the same way: any label set
@@ -112,7 +116,8 @@ class ColourPropagation(nn.Module):
                  smooth_mask_weight: float | None = None, smooth_mask_detail: tuple[float, float] = (0.2, 0.3),
                  smooth_mask_alignment: tuple[float, float] | None = None,
                  smooth_mask_kept: tuple[float, float] | None = None, smooth_mask_range: float | None = None,
-                 confident_kept: float | None = None, backend: EdgeMeanBackend = "auto") -> None:
+                 confident_kept: float | None = None, colour_confidence: float | None = None,
+                 backend: EdgeMeanBackend = "auto") -> None:
         super().__init__()
         if spatial_sigma <= 0 or range_sigma <= 0 or iterations < 1 or rounds < 1:
             raise ValueError("spatial_sigma and range_sigma must be positive, iterations and rounds at least 1; got "
@@ -128,6 +133,8 @@ class ColourPropagation(nn.Module):
             raise ValueError(f"smooth_mask_range must be positive; got {smooth_mask_range}")
         if confident_kept is not None and not confident_kept > 0:
             raise ValueError(f"confident_kept must be positive; got {confident_kept}")
+        if colour_confidence is not None and not colour_confidence > 0:
+            raise ValueError(f"colour_confidence must be positive; got {colour_confidence}")
         for name, given in (("smooth_mask_alignment", smooth_mask_alignment), ("smooth_mask_kept", smooth_mask_kept)):
             if given is not None and not 0 <= given[0] < given[1]:
                 raise ValueError(f"{name} (low, high) needs 0 <= low < high; got {given}")
@@ -139,6 +146,7 @@ class ColourPropagation(nn.Module):
             (float(smooth_mask_kept[0]), float(smooth_mask_kept[1]))
         self.smooth_mask_range = None if smooth_mask_range is None else float(smooth_mask_range)
         self.confident_kept = None if confident_kept is None else float(confident_kept)
+        self.colour_confidence = None if colour_confidence is None else float(colour_confidence)
         self.rounds = rounds
         self.colour_weight, self.colour_block, self.colour_bins = float(colour_weight), colour_block, colour_bins
         self.spatial_sigma, self.range_sigma, self.iterations = float(spatial_sigma), float(range_sigma), iterations
@@ -182,7 +190,7 @@ class ColourPropagation(nn.Module):
             # a further propagation after the whole schedule lowered.
             power = float(weight[0]) if bool((weight == weight[0]).all()) else weight  # one number: no pass at 1
             models = colour_models(image, x, block=self.colour_block, levels=self.colour_levels(x.shape[1]),
-                                   power=power, backend=self.backend)
+                                   power=power, confidence=self.colour_confidence or 0.0, backend=self.backend)
             x = self._propagate(reweigh(x, models, floor=PROB_FLOOR, backend=self.backend), links[-1:])
         if given is not None:  # the propagation returns new tensors: `given` is still the coarse map
             x = x.lerp_(given, keep)
@@ -313,10 +321,12 @@ def spn_colour(*, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterati
                smooth_mask_weight: float | None = None, smooth_mask_detail: tuple[float, float] = (0.2, 0.3),
                smooth_mask_alignment: tuple[float, float] | None = None,
                smooth_mask_kept: tuple[float, float] | None = None,
-               smooth_mask_range: float | None = None, confident_kept: float | None = None) -> ColourPropagation:
+               smooth_mask_range: float | None = None, confident_kept: float | None = None,
+               colour_confidence: float | None = None) -> ColourPropagation:
     return ColourPropagation(spatial_sigma=spatial_sigma, range_sigma=range_sigma, iterations=iterations,
                              rounds=rounds, colour_weight=colour_weight, colour_block=colour_block,
                              colour_bins=colour_bins, smooth_mask_weight=smooth_mask_weight,
                              smooth_mask_detail=smooth_mask_detail, smooth_mask_alignment=smooth_mask_alignment,
                              smooth_mask_kept=smooth_mask_kept,
-                             smooth_mask_range=smooth_mask_range, confident_kept=confident_kept)
+                             smooth_mask_range=smooth_mask_range, confident_kept=confident_kept,
+                             colour_confidence=colour_confidence)

@@ -37,21 +37,25 @@ class ColourModels:
 
 
 def colour_models(image: torch.Tensor, scores: torch.Tensor, *, levels: int = 8, block: int = 32, reach: int = 1,
-                  prior: float = 50.0, power: float | torch.Tensor = 1.0,
+                  prior: float = 50.0, power: float | torch.Tensor = 1.0, confidence: float = 0.0,
                   backend: EdgeMeanBackend = "auto") -> ColourModels:
     """image: (N, 3, H, W) RGB in [0, 1]; scores: (N, K, H, W), each pixel's class being its best score (the first on
     ties). The table holds each model's densities (every model sums to 1 over the colour bins) raised to `power`
-    (one number, or (N,) one per image)."""
+    (one number, or (N,) one per image). With `confidence` c > 0 the scores are probabilities and a pixel counts
+    (best - second best)^c rather than 1: a class's colours are learnt where the map is sure of it, not from the
+    band of doubt along its boundaries, which holds its neighbours' colours as much as its own."""
     if image.ndim != 4 or image.shape[1] != 3 or scores.ndim != 4 or scores.shape[0] != image.shape[0] or \
             scores.shape[2:] != image.shape[2:]:
         raise ValueError(f"colour models take (N, 3, H, W) images and (N, K, H, W) scores; got "
                          f"{tuple(image.shape)} and {tuple(scores.shape)}")
-    if levels < 1 or block < 1 or reach < 0 or prior <= 0:
-        raise ValueError("levels and block must be at least 1, reach at least 0, prior positive")
+    if levels < 1 or block < 1 or reach < 0 or prior <= 0 or confidence < 0:
+        raise ValueError("levels and block must be at least 1, reach and confidence at least 0, prior positive")
     if resolve_cpu_kernel(backend, image.device, needs_grad=False, kernel="colour-model kernels") == "cpp":
-        counts, cells = torch.ops.refine_cli_colour.colour_counts(image, scores.detach(), levels, block)
+        counts, cells = torch.ops.refine_cli_colour.colour_counts(image, scores.detach(), levels, block,
+                                                                  float(confidence))
     else:
-        counts, cells = _counts_torch(image, class_map(scores.detach()), scores.shape[1], levels, block)
+        weight = margin(scores.detach()).pow_(confidence) if confidence > 0 else None
+        counts, cells = _counts_torch(image, class_map(scores.detach()), scores.shape[1], levels, block, weight)
     n, k, rows, cols, bins = counts.shape
     whole = counts.sum((2, 3))  # (N, K, bins)
     density = (whole + 1.0 / bins) / (whole.sum(-1, keepdim=True) + 1.0)  # never zero
@@ -81,8 +85,16 @@ def reweigh(x: torch.Tensor, models: ColourModels, *, floor: float, backend: Edg
     return (weighed / weighed.sum(1, keepdim=True)).clamp_min(floor)
 
 
+def margin(scores: torch.Tensor) -> torch.Tensor:
+    """(N, K, H, W) scores -> (N, H, W) float32: each pixel's best score less its second best (1 with one class)."""
+    if scores.shape[1] < 2:
+        return torch.ones_like(scores[:, 0], dtype=torch.float32)
+    top = scores.float().topk(2, dim=1).values
+    return (top[:, 0] - top[:, 1]).clamp_min_(0)
+
+
 def _counts_torch(image: torch.Tensor, labels: torch.Tensor, num_classes: int, levels: int,
-                  block: int) -> tuple[torch.Tensor, torch.Tensor]:
+                  block: int, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     n, _, height, width = image.shape
     bins = levels**3
     rows, cols = -(-height // block), -(-width // block)
@@ -96,7 +108,8 @@ def _counts_torch(image: torch.Tensor, labels: torch.Tensor, num_classes: int, l
     image_offset = torch.arange(n, device=image.device)[:, None, None] * (num_classes * per_class)
     index = (image_offset + labels.long() * per_class + cells).flatten()
     counts = torch.zeros(n * num_classes * per_class, device=image.device)
-    counts = counts.index_put_((index,), torch.ones(()).to(counts).expand(index.shape), accumulate=True)
+    counts = counts.index_put_((index,), torch.ones(()).to(counts).expand(index.shape) if weight is None
+                               else weight.to(counts).flatten(), accumulate=True)
     return counts.view(n, num_classes, rows, cols, bins), cells
 
 

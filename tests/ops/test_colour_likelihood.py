@@ -1,5 +1,6 @@
 """Local colour models: the counts, box sums and lookups of both backends against the definition written out pixel by
-pixel, images of a batch kept apart, the re-weighing, and argument errors."""
+pixel (every pixel counting 1, or its confidence), images of a batch kept apart, the re-weighing, and argument
+errors."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ def _scores(labels: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _by_definition(image: torch.Tensor, labels: torch.Tensor, k: int, levels: int, block: int, reach: int,
-                   prior: float) -> torch.Tensor:
-    """One image (3, H, W), labels (H, W): every pixel's model of every class from explicit loops."""
+                   prior: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """One image (3, H, W), labels (H, W): every pixel's model of every class from explicit loops, each pixel counting
+    1 or its `weight` (H, W)."""
+    weight = torch.ones(labels.shape, dtype=torch.float64) if weight is None else weight.double()
     _, height, width = image.shape
     q = (image.clamp(0, 1) * (levels - 1e-3)).floor().long()
     colour = (q[0] * levels + q[1]) * levels + q[2]
@@ -32,7 +35,7 @@ def _by_definition(image: torch.Tensor, labels: torch.Tensor, k: int, levels: in
     whole = torch.zeros(k, bins, dtype=torch.float64)
     for y in range(height):
         for x in range(width):
-            whole[labels[y, x], colour[y, x]] += 1
+            whole[labels[y, x], colour[y, x]] += weight[y, x]
     density = (whole + 1.0 / bins) / (whole.sum(1, keepdim=True) + 1.0)
     for y in range(height):
         for x in range(width):
@@ -40,7 +43,7 @@ def _by_definition(image: torch.Tensor, labels: torch.Tensor, k: int, levels: in
             for yy in range(height):
                 for xx in range(width):
                     if abs(yy // block - y // block) <= reach and abs(xx // block - x // block) <= reach:
-                        near[labels[yy, xx], colour[yy, xx]] += 1
+                        near[labels[yy, xx], colour[yy, xx]] += weight[yy, xx]
             model = (near + prior * density) / (near.sum(1, keepdim=True) + prior)
             out[:, y, x] = model[:, colour[y, x]]
     return out
@@ -57,6 +60,39 @@ def test_matches_the_definition_pixel_by_pixel(block: int, reach: int, backend: 
     for i in range(2):  # each image of the batch only from its own pixels
         want = _by_definition(image[i], labels[i], 3, 3, block, reach, 5.0).float()
         torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("confidence", [1.0, 1.5])
+def test_with_confidence_each_pixel_counts_its_margin(confidence: float, backend: str):
+    gen = torch.Generator().manual_seed(int(confidence * 10))
+    image = torch.rand(2, 3, 10, 12, generator=gen)
+    x = (3 * torch.randn(2, 4, 10, 12, generator=gen)).softmax(1)
+    x[0, :, 0, 0] = 0.25  # a four-way tie: the first class, counting nothing
+    got = colour_likelihood(image, x, levels=3, block=4, reach=1, prior=5.0, confidence=confidence, backend=backend)
+    top = x.topk(2, dim=1).values
+    weight = (top[:, 0] - top[:, 1]) ** confidence
+    assert weight[0, 0, 0] == 0
+    for i in range(2):
+        want = _by_definition(image[i], x[i].argmax(0), 4, 3, 4, 1, 5.0, weight[i]).float()
+        torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_doubted_pixels_teach_their_class_little_of_their_colour(backend: str):
+    image = torch.zeros(1, 3, 8, 16)
+    image[..., 8:] = 1.0  # black left half, white right half
+    x = torch.zeros(1, 2, 8, 16)
+    x[:, 0, :, :12] = 1.0  # the first class strays 4 pixels into the white half, where the map doubts it ...
+    x[:, 0, :, 8:12] = 0.55
+    x[:, 1] = 1 - x[:, 0]
+    plain = colour_likelihood(image, x, block=4, backend=backend)
+    sure = colour_likelihood(image, x, block=4, confidence=2.0, backend=backend)
+    # ... so counted in full, white in that band is nearly half as likely under the first class as under the second;
+    # counted by the map's confidence (0.1^2 there), under a hundredth as likely.
+    band = (slice(None), slice(8, 12))
+    assert (plain[0, 0][band] > 0.4 * plain[0, 1][band]).all()
+    assert (sure[0, 0][band] < 0.01 * sure[0, 1][band]).all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -103,5 +139,7 @@ def test_arguments_are_checked():
         colour_likelihood(image, scores, prior=0.0)
     with pytest.raises(ValueError, match="reach"):
         colour_likelihood(image, scores, reach=-1)
+    with pytest.raises(ValueError, match="confidence"):
+        colour_likelihood(image, scores, confidence=-1.0)
     with pytest.raises(ValueError, match="backend"):
         colour_likelihood(image, scores, backend="gpu")

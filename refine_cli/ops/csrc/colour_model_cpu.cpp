@@ -3,7 +3,8 @@
 // refine_cli/ops/cpp.py; forward only.
 //
 // colour_counts: every pixel's cell (its block and colour bin: block * bins + bin) and the count of each
-//   (class, cell) over the image, a pixel's class being its best score (the first on ties, as argmax).
+//   (class, cell) over the image, a pixel's class being its best score (the first on ties, as argmax). With
+//   confidence c > 0 a pixel counts (best - second best score)^c instead of 1 (scores: probabilities).
 //   image (N, 3, H, W) float in [0, 1]; scores (N, K, H, W) float. Returns counts (N, K, rows, cols, bins) float and
 //   cells (N, H, W) int32.
 // colour_reweigh: out[k, p] = max(x[k, p] * table[k, cell[p]] / sum over k of the same, floor). x (N, K, H, W) float;
@@ -21,7 +22,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -57,13 +60,33 @@ void best_in_chunk(const float* s, int64_t K, int64_t HW, int64_t p0, int64_t p1
   }
 }
 
+// As best_in_chunk, and the second best score of each pixel (the best of the other planes; -inf with one plane):
+// second holds p1 - p0 floats.
+void best_two_in_chunk(const float* s, int64_t K, int64_t HW, int64_t p0, int64_t p1, float* top, float* second,
+                       int32_t* best) {
+  std::copy(s + p0, s + p1, top);
+  std::fill(second, second + (p1 - p0), -std::numeric_limits<float>::infinity());
+  std::fill(best + p0, best + p1, 0);
+  for (int64_t k = 1; k < K; ++k) {
+    const float* sk = s + k * HW;
+    for (int64_t p = p0; p < p1; ++p) {  // selects, not branches: the compiler vectorises the loop
+      const float v = sk[p], t = top[p - p0];
+      const bool above = v > t;
+      second[p - p0] = above ? t : std::max(second[p - p0], v);
+      top[p - p0] = above ? v : t;
+      best[p] = above ? static_cast<int32_t>(k) : best[p];
+    }
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> colour_counts(const at::Tensor& image_in, const at::Tensor& scores_in,
-                                                 int64_t levels, int64_t block) {
+                                                 int64_t levels, int64_t block, double confidence) {
   TORCH_CHECK(image_in.dim() == 4 && image_in.size(1) == 3, "colour_counts: image must be (N, 3, H, W)");
   TORCH_CHECK(scores_in.dim() == 4 && scores_in.size(0) == image_in.size(0) && scores_in.size(2) == image_in.size(2) &&
                   scores_in.size(3) == image_in.size(3) && scores_in.size(1) >= 1,
               "colour_counts: scores must be (N, K, H, W) like the image");
   TORCH_CHECK(levels >= 1 && block >= 1, "colour_counts: levels and block must be at least 1");
+  TORCH_CHECK(confidence >= 0, "colour_counts: confidence must be at least 0");
   const at::Tensor image = image_in.to(at::kFloat).contiguous();
   const at::Tensor scores = scores_in.to(at::kFloat).contiguous();
   const int64_t K = scores.size(1);
@@ -74,6 +97,8 @@ std::tuple<at::Tensor, at::Tensor> colour_counts(const at::Tensor& image_in, con
   at::Tensor cells = at::empty({N, H, W}, image.options().dtype(at::kInt));
   const float scale = static_cast<float>(static_cast<double>(levels) - 1e-3);  // as the torch path's multiplier
   at::Tensor best = at::empty({N, H, W}, cells.options());
+  const bool weighed = confidence > 0;
+  at::Tensor weight = weighed ? at::empty({N, H, W}, image.options()) : at::Tensor();
   for_each_chunk(N, HW, [&](int64_t n, int64_t p0, int64_t p1, float* top) {
     const float* r = image.data_ptr<float>() + n * 3 * HW;
     const float* g = r + HW;
@@ -85,14 +110,33 @@ std::tuple<at::Tensor, at::Tensor> colour_counts(const at::Tensor& image_in, con
       cell[p] = static_cast<int32_t>(((y / block) * cols + x / block) * bins + (q(r[p]) * levels + q(g[p])) * levels +
                                      q(b[p]));
     }
-    best_in_chunk(scores.data_ptr<float>() + n * K * HW, K, HW, p0, p1, top, best.data_ptr<int32_t>() + n * HW);
+    const float* s = scores.data_ptr<float>() + n * K * HW;
+    if (!weighed) {
+      best_in_chunk(s, K, HW, p0, p1, top, best.data_ptr<int32_t>() + n * HW);
+      return;
+    }
+    float second[kChunk];
+    best_two_in_chunk(s, K, HW, p0, p1, top, second, best.data_ptr<int32_t>() + n * HW);
+    float* w = weight.data_ptr<float>() + n * HW;
+    const float c = static_cast<float>(confidence);
+    for (int64_t p = p0; p < p1; ++p) {  // one class: every pixel sure (margin 1)
+      const float margin = K > 1 ? std::max(top[p - p0] - second[p - p0], 0.0f) : 1.0f;
+      w[p] = c == 1.0f ? margin : c == 2.0f ? margin * margin : std::pow(margin, c);
+    }
   });
   // The count itself stays one loop: its increments land anywhere in the table.
   const int32_t* cell = cells.data_ptr<int32_t>();
   const int32_t* klass = best.data_ptr<int32_t>();
   float* count = counts.data_ptr<float>();
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t p = n * HW; p < (n + 1) * HW; ++p) count[(n * K + klass[p]) * per_class + cell[p]] += 1.0f;
+  if (!weighed) {
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t p = n * HW; p < (n + 1) * HW; ++p) count[(n * K + klass[p]) * per_class + cell[p]] += 1.0f;
+    }
+  } else {
+    const float* w = weight.data_ptr<float>();
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t p = n * HW; p < (n + 1) * HW; ++p) count[(n * K + klass[p]) * per_class + cell[p]] += w[p];
+    }
   }
   return {counts, cells};
 }
@@ -233,7 +277,7 @@ at::Tensor mask_detail_counts(const at::Tensor& labels_in, int64_t K, int64_t re
 
 // Called through torch.ops.refine_cli_colour.* from refine_cli/ops/colour_likelihood.py.
 TORCH_LIBRARY(refine_cli_colour, m) {
-  m.def("colour_counts(Tensor image, Tensor scores, int levels, int block) -> (Tensor, Tensor)");
+  m.def("colour_counts(Tensor image, Tensor scores, int levels, int block, float confidence) -> (Tensor, Tensor)");
   m.def("colour_reweigh(Tensor x, Tensor table, Tensor cells, float floor) -> Tensor");
   m.def("class_map(Tensor scores) -> Tensor");
   m.def("mask_detail_counts(Tensor labels, int K, int reach) -> Tensor");
