@@ -31,7 +31,8 @@ NAME = "spn_colour"
 BINNED = {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "rounds": 1, "colour_weight": 1.0,
           "colour_block": 32, "colour_bins": 5632, "smooth_mask_weight": 3.0, "smooth_mask_detail": (0.18, 0.45),
           "smooth_mask_alignment": (1.2, 1.4), "smooth_mask_kept": (1.4, 1.6), "smooth_mask_range": 0.4}
-CHOSEN = {**BINNED, "confident_kept": 16.0}
+KEPT = {**BINNED, "confident_kept": 16.0}  # the setting shipped before colour_confidence
+CHOSEN = {**KEPT, "colour_confidence": 1.0}
 # The setting shipped before smooth_mask_range: the base of the later grid rows.
 GUARDED = {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.0, "smooth_mask_weight": 3.0,
            "smooth_mask_detail": (0.18, 0.33), "smooth_mask_alignment": (1.2, 1.4), "smooth_mask_kept": (1.4, 1.6)}
@@ -68,7 +69,9 @@ GRID = [
     BINNED,
     *({**BINNED, "confident_kept": g} for g in (8.0, 16.0, 32.0)),
     # colour_bins again, now that the grid scores probabilities too (8 levels throughout, then fewer bins).
-    *({**CHOSEN, "colour_bins": bins} for bins in (None, 512 * 6)),
+    *({**KEPT, "colour_bins": bins} for bins in (None, 512 * 6)),
+    # Colour models counted by the propagated map's confidence (its margin to this power).
+    *({**KEPT, "colour_confidence": c} for c in (1.0, 1.5, 2.0)),
 ]
 
 
@@ -123,9 +126,10 @@ def grid(real: Path, work: Path, limit: int | None, rows: list[int], camvid_base
                              f"{100 * refined['miou']:.2f}/{100 * refined['boundary_f']:.2f}")
         table.append((gains, args, cells))
     print("\n| spatial_sigma | range_sigma | iterations | rounds | colour_weight | colour_block | smooth_mask_weight | "
-          "smooth_mask_detail | guards | smooth_mask_range | colour_bins | confident_kept | " + " | ".join(sets)
+          "smooth_mask_detail | guards | smooth_mask_range | colour_bins | confident_kept | colour_confidence | "
+          + " | ".join(sets)
           + " | sum of gains |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(sets) + "---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(sets) + "---|")
     for gains, args, cells in table:
         weight = args.get("colour_weight", 0.0)
         print(f"| {args['spatial_sigma']:g} | {args['range_sigma']:g} | {args['iterations']} | {args.get('rounds', 1)} | "
@@ -134,7 +138,7 @@ def grid(real: Path, work: Path, limit: int | None, rows: list[int], camvid_base
               f"{'-' if args.get('smooth_mask_weight') is None else tuple(args['smooth_mask_detail'])} | "
               f"{'yes' if args.get('smooth_mask_alignment') else '-'} | "
               f"{args.get('smooth_mask_range') or '-'} | {args.get('colour_bins') or '-'} | "
-              f"{args.get('confident_kept') or '-'} | " + " | ".join(cells)
+              f"{args.get('confident_kept') or '-'} | {args.get('colour_confidence') or '-'} | " + " | ".join(cells)
               + f" | {gains:+.2f} |")
 
 
