@@ -36,7 +36,8 @@ def steps(bundle) -> list[tuple[str, dict]]:
         ("+ colour weight 3 for smooth hard masks, with its guards", bundle.GUARDED),
         ("+ longer reach and wider detail range for smooth masks", reaching),
         ("+ finer histograms for few classes (colour_bins)", bundle.BINNED),
-        ("+ confident probabilities kept (confident_kept 16: shipped)", bundle.CHOSEN),
+        ("+ confident probabilities kept (confident_kept 16)", bundle.KEPT),
+        ("+ colour models counted by the map's confidence (colour_confidence 1: shipped)", bundle.CHOSEN),
     ]
 
 
