@@ -47,34 +47,28 @@ void for_each_chunk(int64_t N, int64_t HW, const Fn& fn) {
 }
 
 // The best of K score planes (plane stride HW) for pixels p0..p1, the first on ties: planes outer, pixels inner (the
-// pixels are contiguous, the classes are not). top: p1 - p0 floats of scratch.
+// pixels are contiguous, the classes are not). top: p1 - p0 floats of scratch. With `second` (p1 - p0 floats), also
+// each pixel's second best score (the best of the other planes; -inf with one plane).
 template <typename Index>
-void best_in_chunk(const float* s, int64_t K, int64_t HW, int64_t p0, int64_t p1, float* top, Index* best) {
+void best_in_chunk(const float* s, int64_t K, int64_t HW, int64_t p0, int64_t p1, float* top, Index* best,
+                   float* second = nullptr) {
   std::copy(s + p0, s + p1, top);
   std::fill(best + p0, best + p1, Index{0});
+  if (second != nullptr) std::fill(second, second + (p1 - p0), -std::numeric_limits<float>::infinity());
   for (int64_t k = 1; k < K; ++k) {
     const float* sk = s + k * HW;
-    for (int64_t p = p0; p < p1; ++p) {
-      if (sk[p] > top[p - p0]) top[p - p0] = sk[p], best[p] = static_cast<Index>(k);
+    if (second == nullptr) {
+      for (int64_t p = p0; p < p1; ++p) {
+        if (sk[p] > top[p - p0]) top[p - p0] = sk[p], best[p] = static_cast<Index>(k);
+      }
+      continue;
     }
-  }
-}
-
-// As best_in_chunk, and the second best score of each pixel (the best of the other planes; -inf with one plane):
-// second holds p1 - p0 floats.
-void best_two_in_chunk(const float* s, int64_t K, int64_t HW, int64_t p0, int64_t p1, float* top, float* second,
-                       int32_t* best) {
-  std::copy(s + p0, s + p1, top);
-  std::fill(second, second + (p1 - p0), -std::numeric_limits<float>::infinity());
-  std::fill(best + p0, best + p1, 0);
-  for (int64_t k = 1; k < K; ++k) {
-    const float* sk = s + k * HW;
     for (int64_t p = p0; p < p1; ++p) {  // selects, not branches: the compiler vectorises the loop
       const float v = sk[p], t = top[p - p0];
       const bool above = v > t;
       second[p - p0] = above ? t : std::max(second[p - p0], v);
       top[p - p0] = above ? v : t;
-      best[p] = above ? static_cast<int32_t>(k) : best[p];
+      best[p] = above ? static_cast<Index>(k) : best[p];
     }
   }
 }
@@ -116,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor> colour_counts(const at::Tensor& image_in, con
       return;
     }
     float second[kChunk];
-    best_two_in_chunk(s, K, HW, p0, p1, top, second, best.data_ptr<int32_t>() + n * HW);
+    best_in_chunk(s, K, HW, p0, p1, top, best.data_ptr<int32_t>() + n * HW, second);
     float* w = weight.data_ptr<float>() + n * HW;
     const float c = static_cast<float>(confidence);
     for (int64_t p = p0; p < p1; ++p) {  // one class: every pixel sure (margin 1)
