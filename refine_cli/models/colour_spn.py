@@ -154,12 +154,18 @@ class ColourPropagation(nn.Module):
 
     def forward(self, image: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         """image: (N, 3, H, W) RGB in [0, 1]; coarse: (N, K, H, W) probabilities. Returns (N, K, H, W) log
-        probabilities (floored at PROB_FLOOR)."""
+        probabilities (floored at PROB_FLOOR): the log of `refine_probabilities`."""
         return self.forward_parts(image, coarse)[1]
 
     def forward_parts(self, image: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """As `SPNRefiner.forward_parts`: keep 0 (nothing of log(coarse) is added back) and the refined log
-        probabilities as the correction."""
+        probabilities (floored at PROB_FLOOR) as the correction."""
+        refined = self.refine_probabilities(image, coarse).clamp_min_(PROB_FLOOR).log_().to(coarse.dtype)
+        return refined.new_zeros(()), refined
+
+    def refine_probabilities(self, image: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """image: (N, 3, H, W) RGB in [0, 1]; coarse: (N, K, H, W) probabilities. Returns (N, K, H, W) float32
+        refined probabilities, summing to 1 over the classes (`refine_cli.models.contract.GivesProbabilities`)."""
         if image.shape[0] != coarse.shape[0] or image.shape[-2:] != coarse.shape[-2:]:
             raise ValueError(f"image {tuple(image.shape)} and coarse {tuple(coarse.shape)} must share batch and size")
         image = image.float()
@@ -194,8 +200,7 @@ class ColourPropagation(nn.Module):
             x = self._propagate(reweigh(x, models, floor=PROB_FLOOR, backend=self.backend), links[-1:])
         if given is not None:  # the propagation returns new tensors: `given` is still the coarse map
             x = x.lerp_(given, keep)
-        refined = x.clamp_min_(PROB_FLOOR).log_().to(coarse.dtype)
-        return refined.new_zeros(()), refined
+        return x
 
     def trust(self, coarse: torch.Tensor, image: torch.Tensor) -> Trust:
         """Per image of (N, K, H, W) coarse probabilities and (N, 3, H, W) RGB images: how far its coarse map is

@@ -50,6 +50,15 @@ class ReportsScalars(Protocol):
 
 
 @runtime_checkable
+class GivesProbabilities(Protocol):
+    """A refiner whose logits are the log of probabilities it computes (keep 0, correction their log): it gives the
+    probabilities themselves, and the pipeline, which wants labels or probabilities, skips the log and the softmax
+    that would undo it (a log costs as much as one of the refiner's steps on the CPU)."""
+
+    def refine_probabilities(self, image: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class Refines(Protocol):
     """A refiner. per_class: refines each class map alone (any class count) rather than a fixed set; full_resolution:
     the pipeline must run it on the full-size image; min_side: the smallest side it takes (smaller inputs are padded);

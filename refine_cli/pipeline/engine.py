@@ -21,6 +21,7 @@ from refine_cli.config import IOConfig, PipelineConfig, Precision
 from refine_cli.io import working_size
 from refine_cli.labels import IGNORE_INDEX
 from refine_cli.errors import UsageError
+from refine_cli.models.contract import GivesProbabilities
 from refine_cli.models.spn import RESIDUAL_EPS, present_classes, suppress_absent_classes
 from refine_cli.ops.class_map import class_map
 from refine_cli.transforms import normalize, resize_images, resized_shape
@@ -329,44 +330,70 @@ class Engine:
             logits = keep * coarse.clamp_min(RESIDUAL_EPS).log() + correction
         return suppress_absent_classes(logits, coarse, present=votes)
 
+    def refine_probs(self, images: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """As `refine_logits`, as probabilities: (N, K, h, w) float32, 0 for every class absent from an image's coarse
+        argmax. A full-resolution refiner that gives probabilities (`GivesProbabilities`) is asked for them: no log
+        for a softmax to undo."""
+        assert self.refiner is not None
+        module = self.refiner.module
+        if not (isinstance(module, GivesProbabilities) and module.full_resolution):
+            return self.refine_logits(images, coarse).softmax(dim=1)
+        votes = present_classes(coarse)
+        x, given, present, (h, w) = self._refiner_inputs(images, coarse, votes)
+        with self._autocast():
+            probs = module.refine_probabilities(x, given)[..., :h, :w].float()
+        if present is not None:
+            probs = coarse.new_zeros(coarse.shape).index_copy_(1, present, probs)
+        if bool(votes.all()):
+            return probs
+        probs = probs.masked_fill_(~votes[:, :, None, None], 0.0)  # absent from this image, present in another
+        return probs.div_(probs.sum(1, keepdim=True))
+
+    def _refiner_inputs(self, images: torch.Tensor, coarse: torch.Tensor, votes: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+        """What the refiner is given: the images normalised and padded to its `min_side`; the coarse maps padded
+        alike, a universal (per-class) refiner's only of the classes `votes` (N, K) names in some image of the batch
+        (the others would be suppressed anyway, and each costs a full set of scans); the indices of those classes
+        (None when they are all of them: no copy of the maps in and out); and the size to crop its outputs back to."""
+        assert self.refiner is not None
+        module = self.refiner.module
+        h, w = images.shape[-2:]
+        side = min_side(module)  # smaller images are padded (edge pixels repeated) and the outputs cropped back
+        x = padded_to(normalize(images, self.refiner.meta.preprocess), side)
+        x = self._layout(x) if module.channels_last else x.contiguous()
+        if not module.per_class:
+            if module.classes != coarse.shape[1]:
+                raise UsageError(
+                    f"the refiner {self.refiner.path.name} takes exactly {module.classes} classes, the coarse maps "
+                    f"have {coarse.shape[1]}; use a universal refiner"
+                )
+            return x, padded_to(coarse, side), None, (h, w)
+        present = votes.any(0).nonzero().flatten()
+        if len(present) == coarse.shape[1]:
+            return x, padded_to(coarse, side), None, (h, w)
+        return x, padded_to(coarse[:, present], side), present, (h, w)
+
     def _refine_parts(self, images: torch.Tensor, coarse: torch.Tensor,
                       votes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The refiner's (keep, correction) (`SPNRefiner.forward_parts`), float32, for the classes `votes` (N, K)
         names in some image of the batch; the others get keep 0 and correction -inf."""
         assert self.refiner is not None
-        module = self.refiner.module
-        h, w = images.shape[-2:]
-        side = min_side(module)  # smaller images are padded (edge pixels repeated) and the logits cropped back
-        x = padded_to(normalize(images, self.refiner.meta.preprocess), side)
-        x = self._layout(x) if module.channels_last else x.contiguous()
-        k = coarse.shape[1]
-        if module.per_class:
-            present = votes.any(0).nonzero().flatten()
-            every_class = len(present) == k  # then no copy of the maps in and out
-            with self._autocast():
-                keep_sub, correction_sub = module.forward_parts(
-                    x, padded_to(coarse if every_class else coarse[:, present], side))
-            correction_sub = correction_sub[..., :h, :w].float()
-            keep_sub = keep_sub.float().expand_as(correction_sub)[..., :h, :w] if keep_sub.ndim else keep_sub.float()
-            if every_class:
-                return keep_sub, correction_sub
-            correction = torch.full_like(coarse, float("-inf"))
-            correction[:, present] = correction_sub
-            if not keep_sub.ndim:  # one number for every class: the absent ones end at -inf whatever it is
-                return keep_sub, correction
-            keep = torch.zeros_like(coarse)
-            keep[:, present] = keep_sub
-            return keep, correction
-        if module.classes != k:
-            raise UsageError(
-                f"the refiner {self.refiner.path.name} takes exactly {module.classes} classes, the coarse maps have "
-                f"{k}; use a universal refiner"
-            )
+        x, given, present, (h, w) = self._refiner_inputs(images, coarse, votes)
         with self._autocast():
-            keep, correction = module.forward_parts(x, padded_to(coarse, side))
-        if keep.ndim:
-            keep = keep[..., :h, :w]
-        return keep.float(), correction[..., :h, :w].float()
+            keep, correction = self.refiner.module.forward_parts(x, given)
+        correction = correction[..., :h, :w].float()
+        if not self.refiner.module.per_class:
+            return (keep[..., :h, :w] if keep.ndim else keep).float(), correction
+        keep = keep.float().expand_as(correction)[..., :h, :w] if keep.ndim else keep.float()
+        if present is None:
+            return keep, correction
+        full = torch.full_like(coarse, float("-inf"))
+        full[:, present] = correction
+        if not keep.ndim:  # one number for every class: the absent ones end at -inf whatever it is
+            return keep, full
+        kept = torch.zeros_like(coarse)
+        kept[:, present] = keep
+        return kept, full
 
     # ------------------------------------------------------------------------------------------- a batch
 
@@ -417,11 +444,14 @@ class Engine:
                 coarse = self.base_probs(xw)
         if self.refiner is not None:
             with self._timed("refiner"):
-                scores = self.refine_logits(xw, coarse)
-                # Labels at the working size are the logits' argmax, which the softmax keeps: it runs only when
-                # probabilities are returned or blended into another size (`class_map_at`).
-                if want_probs or any(size != work for size in sizes):
-                    scores = scores.softmax(dim=1)
+                if isinstance(self.refiner.module, GivesProbabilities):
+                    scores = self.refine_probs(xw, coarse)
+                else:
+                    scores = self.refine_logits(xw, coarse)
+                    # Labels at the working size are the logits' argmax, which the softmax keeps: it runs only when
+                    # probabilities are returned or blended into another size (`class_map_at`).
+                    if want_probs or any(size != work for size in sizes):
+                        scores = scores.softmax(dim=1)
         else:
             scores = coarse
         labels = [class_map_at(p, size) for p, size in zip(scores, sizes)]

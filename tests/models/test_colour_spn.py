@@ -92,20 +92,40 @@ def test_the_pipeline_runs_it_at_full_resolution(tmp_path: Path):
 
 def test_the_pipeline_gives_it_planar_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # Channels-last is on by default for convolutions; this refiner has none and reads each channel as one plane.
+    # The pipeline asks it for probabilities (it gives them: no log for a softmax to undo).
     seen = []
-    forward_parts = ColourPropagation.forward_parts
+    refine_probabilities = ColourPropagation.refine_probabilities
 
     def spy(self, image, coarse):
         seen.append((image.is_contiguous(), coarse.is_contiguous()))
-        return forward_parts(self, image, coarse)
+        return refine_probabilities(self, image, coarse)
 
-    monkeypatch.setattr(ColourPropagation, "forward_parts", spy)
+    monkeypatch.setattr(ColourPropagation, "refine_probabilities", spy)
     model = Refiner(base=None, refiner=str(_checkpoint(tmp_path)), device="cpu", channels_last=True)
     image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     mask = np.zeros((40, 56), np.uint8)
     mask[:, 30:] = 2
     model.refine(image, mask=mask)
     assert seen == [(True, True)]
+
+
+def test_the_pipelines_probabilities_are_the_softmax_of_its_logits(tmp_path: Path):
+    # The pipeline asks this refiner for probabilities directly; they must be what its logits give, class for class,
+    # with the released rule: a class no pixel of an image votes for gets nothing there (class 3 in image 0, only
+    # image 1 votes for it; class 4 in neither, so it is never propagated), and the rest still sum to 1.
+    model = Refiner(base=None, refiner=str(_checkpoint(tmp_path)), device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 24, 40, generator=generator)
+    coarse = torch.rand(2, 5, 24, 40, generator=generator)
+    coarse[:, 3:] = 0
+    coarse[1, 3, :, 30:] = 9
+    coarse = coarse / coarse.sum(1, keepdim=True)
+    with torch.inference_mode():
+        probs = model.engine.refine_probs(images, coarse)
+        expected = model.engine.refine_logits(images, coarse).softmax(1)
+    torch.testing.assert_close(probs, expected, rtol=1e-5, atol=2e-6)
+    assert bool((probs[0, 3] == 0).all()) and bool((probs[:, 4] == 0).all()) and bool((probs[1, 3] > 0).any())
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, 24, 40))
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ def _inputs(shape: tuple[int, int, int, int], dim: int, seed: int = 0) -> tuple[
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=needs_cpp)])
 @pytest.mark.parametrize("dim", [2, 3])
-@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 1, 1, 4), (1, 2, 6, 1), (1, 4, 70, 9)])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 1, 1, 4), (1, 2, 6, 1), (1, 4, 70, 9), (1, 2, 21, 45)])
 def test_matches_the_definition(backend: str, dim: int, shape: tuple[int, int, int, int]):
     x, links = _inputs(shape, dim)
     got = edge_mean(x, links, dim, backend=backend)
