@@ -50,7 +50,7 @@ inline void transpose8x8(const float* __restrict src, int64_t lds, float* __rest
 
 // dst[j * ldd + i] = op(dst[j * ldd + i], src[i * lds + j]) for i < rows, j < cols. 4 x 4 register blocks in
 // 16 x 16 tiles: about four times faster than an element loop on the machines we measured. A plain float copy built
-// for AVX2 goes 8 x 8 through vector registers: the edge-mean row step 0.4-0.7 ms faster (11 maps of 480 x 360, one
+// for AVX2 goes 8 x 8 through vector registers: the edge-mean row step 0.2-0.7 ms faster (11 maps of 480 x 360, one
 // thread of an AMD EPYC), bit for bit the same values.
 template <typename S, typename D, typename Op>
 void transpose(const S* __restrict src, int64_t rows, int64_t cols, int64_t lds, D* __restrict dst, int64_t ldd,
