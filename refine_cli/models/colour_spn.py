@@ -31,7 +31,9 @@ edges, and the closer they do, the less of that weight it gets, and the more of 
 edges (`smooth_mask_range`): such a mask's boundary may lie beyond faint texture edges that would stop them.
 Probabilities say where they are sure: with `confident_kept`, a pixel's coarse probabilities come back in proportion
 to its largest one, so the propagation moves what the network doubted and leaves its confident regions alone (thin
-structures and small objects included, which averaging with their surroundings erodes).
+structures and small objects included, which averaging with their surroundings erodes). With `texture_reach`, an
+edge's colour difference is judged against the texture around it (`texture_normalised`): the inner edges of
+textured regions stop the scans less, the edges between plain regions more.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from refine_cli.ops.colour_likelihood import box_sum, colour_models, reweigh
 from refine_cli.ops.edge_mean import EdgeMeanBackend, edge_mean
 
 PROB_FLOOR = 1e-6  # the propagated probabilities are returned as log(p), floored here
+TEXTURE_FLOOR = 0.05  # `texture_normalised`: a mean colour difference (L1 over RGB in [0, 1]) this small is no texture
 
 
 class Trust(NamedTuple):
@@ -104,6 +107,9 @@ class ColourPropagation(nn.Module):
         propagated so far is of it, (best - second best probability)^c, rather than 1. The band of doubt along a
         coarse boundary holds the neighbouring class's colours as much as its own class's; counted in full, it
         teaches each model the other's colours, most where the boundary strays furthest.
+    texture_reach: None, or a radius in pixels: the colour differences the gates read are first measured against the
+        texture within it (`texture_normalised`, with `texture_power`), so that the scans cross the inner edges of
+        foliage or gravel and stop at an edge between two plain regions.
     """
 
     per_class = True  # every class map is propagated the same way: any label set
@@ -117,6 +123,7 @@ class ColourPropagation(nn.Module):
                  smooth_mask_alignment: tuple[float, float] | None = None,
                  smooth_mask_kept: tuple[float, float] | None = None, smooth_mask_range: float | None = None,
                  confident_kept: float | None = None, colour_confidence: float | None = None,
+                 texture_reach: int | None = None, texture_power: float = 0.5,
                  backend: EdgeMeanBackend = "auto") -> None:
         super().__init__()
         if spatial_sigma <= 0 or range_sigma <= 0 or iterations < 1 or rounds < 1:
@@ -135,6 +142,9 @@ class ColourPropagation(nn.Module):
             raise ValueError(f"confident_kept must be positive; got {confident_kept}")
         if colour_confidence is not None and not colour_confidence > 0:
             raise ValueError(f"colour_confidence must be positive; got {colour_confidence}")
+        if texture_reach is not None and (texture_reach < 1 or not texture_power > 0):
+            raise ValueError(f"texture_reach must be at least 1 and texture_power positive; got {texture_reach}, "
+                             f"{texture_power}")
         for name, given in (("smooth_mask_alignment", smooth_mask_alignment), ("smooth_mask_kept", smooth_mask_kept)):
             if given is not None and not 0 <= given[0] < given[1]:
                 raise ValueError(f"{name} (low, high) needs 0 <= low < high; got {given}")
@@ -147,6 +157,7 @@ class ColourPropagation(nn.Module):
         self.smooth_mask_range = None if smooth_mask_range is None else float(smooth_mask_range)
         self.confident_kept = None if confident_kept is None else float(confident_kept)
         self.colour_confidence = None if colour_confidence is None else float(colour_confidence)
+        self.texture_reach, self.texture_power = texture_reach, float(texture_power)
         self.rounds = rounds
         self.colour_weight, self.colour_block, self.colour_bins = float(colour_weight), colour_block, colour_bins
         self.spatial_sigma, self.range_sigma, self.iterations = float(spatial_sigma), float(range_sigma), iterations
@@ -179,6 +190,9 @@ class ColourPropagation(nn.Module):
         # Colour differences between neighbours, the same at every scale: along rows and along columns.
         across_columns = (image[..., 1:] - image[..., :-1]).abs().sum(1)  # (N, H, W-1)
         across_rows = (image[..., 1:, :] - image[..., :-1, :]).abs().sum(1)  # (N, H-1, W)
+        if self.texture_reach is not None:
+            across_columns, across_rows = texture_normalised(across_columns, across_rows, self.texture_reach,
+                                                             self.texture_power)
         scale = self._difference_scale(smooth)
         if scale is not None:  # smooth masks' differences count for less: their scans reach across fainter edges
             across_columns, across_rows = across_columns * scale, across_rows * scale
@@ -303,6 +317,52 @@ def mask_detail(coarse: torch.Tensor, size: int = 7, *, labels: torch.Tensor | N
     return changed.float() / boundary_pixels(labels).flatten(1).sum(1).clamp_min(1).float()
 
 
+def colour_gradient(across_columns: torch.Tensor, across_rows: torch.Tensor) -> torch.Tensor:
+    """The colour differences to the right (N, H, W-1) and below (N, H-1, W) -> (N, H, W) float32: each pixel's larger
+    one (0 past the last column and row)."""
+    n, h, w = across_rows.shape[0], across_columns.shape[1], across_rows.shape[2]
+    gradient = across_columns.new_zeros((n, h, w), dtype=torch.float32)
+    gradient[..., :-1] = across_columns
+    gradient[..., :-1, :] = torch.maximum(gradient[..., :-1, :], across_rows)
+    return gradient
+
+
+def texture_normalised(across_columns: torch.Tensor, across_rows: torch.Tensor, reach: int,
+                       power: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour differences between neighbours (as `ColourPropagation` reads them) measured against the texture around
+    them: each is multiplied by ((m + TEXTURE_FLOOR) / (t + TEXTURE_FLOOR))^power, t the mean `colour_gradient`
+    within `reach` pixels (a square, the image's pixels only) averaged over the two neighbours, m the image's mean.
+    Within foliage, gravel or a patterned wall the many inner edges count for less and the scans cross them; an
+    edge between two plain regions counts for more. (The contrast normalisation of boundary detectors: an edge is
+    judged by its surroundings.)"""
+    gradient = colour_gradient(across_columns, across_rows)
+    local = box_mean(gradient, reach)
+    mean = gradient.mean((1, 2), keepdim=True)
+    factor = local.add_(TEXTURE_FLOOR).reciprocal_().mul_(mean + TEXTURE_FLOOR).pow_(power)
+    return (across_columns * (factor[..., 1:] + factor[..., :-1]).mul_(0.5),
+            across_rows * (factor[..., 1:, :] + factor[..., :-1, :]).mul_(0.5))
+
+
+def box_mean(x: torch.Tensor, reach: int) -> torch.Tensor:
+    """(N, H, W) -> (N, H, W) float32: the mean over the (2 * reach + 1)^2 square around each pixel, of the pixels
+    inside the image. Running sums in float64 (a few passes, whatever the reach; exact enough that every CPU agrees)."""
+    total = x.double()
+    for dim in (1, 2):
+        size = total.shape[dim]
+        running = total.cumsum(dim)
+        # running sums from 0 (before the first pixel) to the whole line, the ends repeated `reach` times: the window
+        # sum at i is then padded[i + 2 * reach + 1] - padded[i]
+        first = torch.zeros_like(running.narrow(dim, 0, 1)).expand(*(reach + 1 if d == dim else -1
+                                                                      for d in range(3)))
+        last = running.narrow(dim, size - 1, 1).expand(*(reach if d == dim else -1 for d in range(3)))
+        padded = torch.cat([first, running, last], dim)
+        total = padded.narrow(dim, 2 * reach + 1, size) - padded.narrow(dim, 0, size)
+        index = torch.arange(size, device=x.device)
+        count = ((index + reach + 1).clamp_max(size) - (index - reach).clamp_min(0)).double()
+        total = total.div_(count.view(1, -1, 1) if dim == 1 else count.view(1, 1, -1))
+    return total.float()
+
+
 def mask_alignment(image: torch.Tensor, labels: torch.Tensor, reach: int = 5) -> torch.Tensor:
     """(N, 3, H, W) RGB in [0, 1] and (N, H, W) labels -> (N,) float32: how well each label map's boundaries lie on
     the image's edges: the mean colour gradient (the larger L1 difference to the right or below) on its boundary
@@ -310,9 +370,8 @@ def mask_alignment(image: torch.Tensor, labels: torch.Tensor, reach: int = 5) ->
     (medians on DAVIS and CamVid train: 1.04 for blocks of 16 px, 1.10 for the compact DeepLab's masks), higher the
     closer it follows the edges (1.40 for ground truth coarsened at stride 8 and enlarged bilinearly, 1.55 for the
     ground truth itself)."""
-    gradient = torch.zeros_like(labels, dtype=torch.float32)
-    gradient[..., :-1] = (image[..., 1:] - image[..., :-1]).abs().sum(1)
-    gradient[..., :-1, :] = torch.maximum(gradient[..., :-1, :], (image[..., 1:, :] - image[..., :-1, :]).abs().sum(1))
+    gradient = colour_gradient((image[..., 1:] - image[..., :-1]).abs().sum(1),
+                               (image[..., 1:, :] - image[..., :-1, :]).abs().sum(1))
     edges = boundary_pixels(labels)
     # Within `reach` of a boundary pixel (a square): a box count of them, in uint8 while it holds (2 * reach + 1)^2.
     near = box_sum(box_sum(edges.to(torch.uint8 if reach <= 7 else torch.int32), 2, reach), 1, reach) > 0
@@ -327,11 +386,13 @@ def spn_colour(*, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterati
                smooth_mask_alignment: tuple[float, float] | None = None,
                smooth_mask_kept: tuple[float, float] | None = None,
                smooth_mask_range: float | None = None, confident_kept: float | None = None,
-               colour_confidence: float | None = None) -> ColourPropagation:
+               colour_confidence: float | None = None, texture_reach: int | None = None,
+               texture_power: float = 0.5) -> ColourPropagation:
     return ColourPropagation(spatial_sigma=spatial_sigma, range_sigma=range_sigma, iterations=iterations,
                              rounds=rounds, colour_weight=colour_weight, colour_block=colour_block,
                              colour_bins=colour_bins, smooth_mask_weight=smooth_mask_weight,
                              smooth_mask_detail=smooth_mask_detail, smooth_mask_alignment=smooth_mask_alignment,
                              smooth_mask_kept=smooth_mask_kept,
                              smooth_mask_range=smooth_mask_range, confident_kept=confident_kept,
-                             colour_confidence=colour_confidence)
+                             colour_confidence=colour_confidence, texture_reach=texture_reach,
+                             texture_power=texture_power)

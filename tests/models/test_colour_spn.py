@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from refine_cli import models, weights
-from refine_cli.models.colour_spn import ColourPropagation, mask_alignment, mask_detail
-from refine_cli.ops.colour_likelihood import colour_models
+from refine_cli.models.colour_spn import ColourPropagation, box_mean, mask_alignment, mask_detail, texture_normalised
+from refine_cli.ops.colour_likelihood import box_sum, colour_models
 from refine_cli.pipeline import Refiner
 
 
@@ -401,6 +401,55 @@ def test_colour_models_learnt_where_the_map_is_sure_move_a_doubted_band():
     assert wrong[2.0] <= 16  # measured: none
     with pytest.raises(ValueError, match="colour_confidence"):
         ColourPropagation(colour_confidence=0.0)
+
+
+@pytest.mark.parametrize(("shape", "reach"), [((2, 37, 53), 10), ((1, 5, 3), 4), ((1, 1, 1), 2), ((1, 30, 40), 1)])
+def test_box_mean_is_the_mean_over_the_square_within_the_image(shape: tuple[int, int, int], reach: int):
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    square = box_sum(box_sum(x, 1, reach), 2, reach) / box_sum(box_sum(torch.ones_like(x), 1, reach), 2, reach)
+    torch.testing.assert_close(box_mean(x, reach), square)
+
+
+def test_texture_counts_an_edge_within_texture_for_less_than_one_between_plain_regions():
+    # The same colour step (0.3 in one channel) twice: between two plain halves, and inside a band of texture.
+    height, width = 40, 120
+    image = torch.full((1, 3, height, width), 0.4)
+    image[0, 0, :, 30:] = 0.7
+    noise = torch.rand(1, 3, height, 40, generator=torch.Generator().manual_seed(0))
+    image[..., 70:110] = 0.4 + 0.3 * (noise > 0.5).float()
+    across_columns = (image[..., 1:] - image[..., :-1]).abs().sum(1)
+    across_rows = (image[..., 1:, :] - image[..., :-1, :]).abs().sum(1)
+    columns, _ = texture_normalised(across_columns, across_rows, 5, 0.5)
+    plain_edge = (columns[0, :, 29] / across_columns[0, :, 29]).mean()
+    inner = across_columns[0, :, 75:105] > 0.25  # the texture's own steps of 0.3 and more
+    textured = (columns[0, :, 75:105][inner] / across_columns[0, :, 75:105][inner]).mean()
+    assert plain_edge > 1 > textured and plain_edge > 1.5 * textured
+
+
+def test_texture_reach_lets_the_scans_cross_a_texture_to_its_edge():
+    # A plain half and a finely textured one (0.1 of noise per channel on a darker colour), the coarse boundary 6 px
+    # inside the texture: measured against the texture around them, its inner edges stop the scans less, and the
+    # texture's class takes back more of the band.
+    height, width, edge = 48, 96, 48
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.zeros(1, height, width, dtype=torch.long)
+    truth[..., edge:] = 1
+    image = torch.full((1, 3, height, width), 0.6)
+    image[..., edge:] = 0.35 + 0.1 * (torch.rand(1, 3, height, width - edge, generator=generator) - 0.5)
+    image = (image + 0.02 * (torch.rand(image.shape, generator=generator) - 0.5)).clamp(0, 1)
+    coarse = torch.zeros_like(truth)
+    coarse[..., edge + 6:] = 1
+    for given in (_one_hot(coarse, 2), _one_hot(coarse, 2) * 0.9 + 0.05):  # a hard mask and probabilities
+        errors = [(ColourPropagation(colour_weight=1.0, **options)(image, given).argmax(1) != truth).sum().item()
+                  for options in ({}, {"texture_reach": 10})]
+        assert errors[1] < 0.85 * errors[0]  # measured: 143 against 183 (hard), 85 against 115 of 288
+
+
+def test_texture_arguments_are_checked():
+    with pytest.raises(ValueError, match="texture_reach"):
+        ColourPropagation(texture_reach=0)
+    with pytest.raises(ValueError, match="texture_power"):
+        ColourPropagation(texture_reach=5, texture_power=0)
 
 
 def test_smooth_mask_arguments_are_checked():
