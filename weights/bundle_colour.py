@@ -32,7 +32,8 @@ BINNED = {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "rounds": 
           "colour_block": 32, "colour_bins": 5632, "smooth_mask_weight": 3.0, "smooth_mask_detail": (0.18, 0.45),
           "smooth_mask_alignment": (1.2, 1.4), "smooth_mask_kept": (1.4, 1.6), "smooth_mask_range": 0.4}
 KEPT = {**BINNED, "confident_kept": 16.0}  # the setting shipped before colour_confidence
-CHOSEN = {**KEPT, "colour_confidence": 1.0}
+CONFIDENT = {**KEPT, "colour_confidence": 1.0}  # the setting shipped before texture_reach
+CHOSEN = {**CONFIDENT, "texture_reach": 10, "range_sigma": 0.17}
 # The setting shipped before smooth_mask_range: the base of the later grid rows.
 GUARDED = {"spatial_sigma": 40.0, "range_sigma": 0.2, "iterations": 2, "colour_weight": 1.0, "smooth_mask_weight": 3.0,
            "smooth_mask_detail": (0.18, 0.33), "smooth_mask_alignment": (1.2, 1.4), "smooth_mask_kept": (1.4, 1.6)}
@@ -72,6 +73,8 @@ GRID = [
     *({**KEPT, "colour_bins": bins} for bins in (None, 512 * 6)),
     # Colour models counted by the propagated map's confidence (its margin to this power).
     *({**KEPT, "colour_confidence": c} for c in (1.0, 1.5, 2.0)),
+    # Colour differences measured against the texture around them, at the range and a smaller one.
+    *({**CONFIDENT, "texture_reach": 10, "range_sigma": r} for r in (0.2, 0.17)),
 ]
 
 
@@ -127,9 +130,10 @@ def grid(real: Path, work: Path, limit: int | None, rows: list[int], camvid_base
         table.append((gains, args, cells))
     print("\n| spatial_sigma | range_sigma | iterations | rounds | colour_weight | colour_block | smooth_mask_weight | "
           "smooth_mask_detail | guards | smooth_mask_range | colour_bins | confident_kept | colour_confidence | "
+          "texture_reach | "
           + " | ".join(sets)
           + " | sum of gains |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(sets) + "---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(sets) + "---|")
     for gains, args, cells in table:
         weight = args.get("colour_weight", 0.0)
         print(f"| {args['spatial_sigma']:g} | {args['range_sigma']:g} | {args['iterations']} | {args.get('rounds', 1)} | "
@@ -138,7 +142,8 @@ def grid(real: Path, work: Path, limit: int | None, rows: list[int], camvid_base
               f"{'-' if args.get('smooth_mask_weight') is None else tuple(args['smooth_mask_detail'])} | "
               f"{'yes' if args.get('smooth_mask_alignment') else '-'} | "
               f"{args.get('smooth_mask_range') or '-'} | {args.get('colour_bins') or '-'} | "
-              f"{args.get('confident_kept') or '-'} | {args.get('colour_confidence') or '-'} | " + " | ".join(cells)
+              f"{args.get('confident_kept') or '-'} | {args.get('colour_confidence') or '-'} | "
+              f"{args.get('texture_reach') or '-'} | " + " | ".join(cells)
               + f" | {gains:+.2f} |")
 
 
