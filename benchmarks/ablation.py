@@ -37,7 +37,9 @@ def steps(bundle) -> list[tuple[str, dict]]:
         ("+ longer reach and wider detail range for smooth masks", reaching),
         ("+ finer histograms for few classes (colour_bins)", bundle.BINNED),
         ("+ confident probabilities kept (confident_kept 16)", bundle.KEPT),
-        ("+ colour models counted by the map's confidence (colour_confidence 1: shipped)", bundle.CHOSEN),
+        ("+ colour models counted by the map's confidence (colour_confidence 1)", bundle.CONFIDENT),
+        ("+ colour differences against the texture around them (texture_reach 10, range_sigma 0.17: shipped)",
+         bundle.CHOSEN),
     ]
 
 
@@ -46,11 +48,19 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "results" / "ablation")
     parser.add_argument("--limit", type=int, help="score only the first N val images of each set")
     parser.add_argument("--json", type=Path, help="write every row's report and commands here")
+    parser.add_argument("--reuse", type=Path,
+                        help="an earlier --json: its rows with the same setting are taken from it, not run again (for "
+                             "code that has not changed what they measure: each reproduces to the digit)")
     args = parser.parse_args()
     bundle = bundle_colour()
     args.work.mkdir(parents=True, exist_ok=True)
+    earlier = {_key(row["setting"]): row for row in json.loads(args.reuse.read_text())["rows"]} if args.reuse else {}
     rows = []
     for index, (label, setting) in enumerate(steps(bundle)):
+        if _key(setting) in earlier:
+            print(f"kept from {args.reuse}: {label}", flush=True)
+            rows.append({**earlier[_key(setting)], "label": label})
+            continue
         checkpoint = bundle.write(args.work / f"step{index}.pt", setting)
         report = args.work / f"step{index}.json"
         command = [sys.executable, str(ROOT / "benchmarks" / "real_targets.py"), "--refiner", str(checkpoint),
@@ -68,6 +78,11 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+
+
+def _key(setting: dict) -> str:
+    """A row's identity: its setting as JSON stores it (tuples read back as lists)."""
+    return json.dumps(json.loads(json.dumps(setting)), sort_keys=True)
 
 
 def _cell(method: dict) -> str:
