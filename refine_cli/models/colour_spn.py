@@ -47,7 +47,7 @@ from torch import nn
 
 from refine_cli.ops import cpp
 from refine_cli.ops.class_map import class_map
-from refine_cli.ops.colour_likelihood import box_sum, colour_models, reweigh
+from refine_cli.ops.colour_likelihood import box_mean, box_sum, colour_models, reweigh
 from refine_cli.ops.edge_mean import EdgeMeanBackend, edge_mean
 
 PROB_FLOOR = 1e-6  # the propagated probabilities are returned as log(p), floored here
@@ -341,26 +341,6 @@ def texture_normalised(across_columns: torch.Tensor, across_rows: torch.Tensor, 
     factor = local.add_(TEXTURE_FLOOR).reciprocal_().mul_(mean + TEXTURE_FLOOR).pow_(power)
     return (across_columns * (factor[..., 1:] + factor[..., :-1]).mul_(0.5),
             across_rows * (factor[..., 1:, :] + factor[..., :-1, :]).mul_(0.5))
-
-
-def box_mean(x: torch.Tensor, reach: int) -> torch.Tensor:
-    """(N, H, W) -> (N, H, W) float32: the mean over the (2 * reach + 1)^2 square around each pixel, of the pixels
-    inside the image. Running sums in float64 (a few passes, whatever the reach; exact enough that every CPU agrees)."""
-    total = x.double()
-    for dim in (1, 2):
-        size = total.shape[dim]
-        running = total.cumsum(dim)
-        # running sums from 0 (before the first pixel) to the whole line, the ends repeated `reach` times: the window
-        # sum at i is then padded[i + 2 * reach + 1] - padded[i]
-        first = torch.zeros_like(running.narrow(dim, 0, 1)).expand(*(reach + 1 if d == dim else -1
-                                                                      for d in range(3)))
-        last = running.narrow(dim, size - 1, 1).expand(*(reach if d == dim else -1 for d in range(3)))
-        padded = torch.cat([first, running, last], dim)
-        total = padded.narrow(dim, 2 * reach + 1, size) - padded.narrow(dim, 0, size)
-        index = torch.arange(size, device=x.device)
-        count = ((index + reach + 1).clamp_max(size) - (index - reach).clamp_min(0)).double()
-        total = total.div_(count.view(1, -1, 1) if dim == 1 else count.view(1, 1, -1))
-    return total.float()
 
 
 def mask_alignment(image: torch.Tensor, labels: torch.Tensor, reach: int = 5) -> torch.Tensor:

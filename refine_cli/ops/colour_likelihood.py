@@ -123,3 +123,24 @@ def box_sum(x: torch.Tensor, dim: int, reach: int) -> torch.Tensor:
         total.narrow(dim, 0, size - shift).add_(x.narrow(dim, shift, size - shift))
         total.narrow(dim, shift, size - shift).add_(x.narrow(dim, 0, size - shift))
     return total
+
+
+def box_mean(x: torch.Tensor, reach: int) -> torch.Tensor:
+    """(N, H, W) -> (N, H, W) float32: the mean over the (2 * reach + 1)^2 square around each pixel, of the pixels
+    inside the image: `box_sum` over both axes divided by the pixels counted, here from running sums (a few passes
+    whatever the reach), kept in float64 so that their rounding does not grow along the line."""
+    total = x.double()
+    for dim in (1, 2):
+        size = total.shape[dim]
+        running = total.cumsum(dim)
+        # running sums from 0 (before the first pixel) to the whole line, the ends repeated `reach` times: the window
+        # sum at i is then padded[i + 2 * reach + 1] - padded[i]
+        first = torch.zeros_like(running.narrow(dim, 0, 1)).expand(*(reach + 1 if d == dim else -1
+                                                                      for d in range(3)))
+        last = running.narrow(dim, size - 1, 1).expand(*(reach if d == dim else -1 for d in range(3)))
+        padded = torch.cat([first, running, last], dim)
+        total = padded.narrow(dim, 2 * reach + 1, size) - padded.narrow(dim, 0, size)
+        index = torch.arange(size, device=x.device)
+        count = ((index + reach + 1).clamp_max(size) - (index - reach).clamp_min(0)).double()
+        total = total.div_(count.view(1, -1, 1) if dim == 1 else count.view(1, 1, -1))
+    return total.float()

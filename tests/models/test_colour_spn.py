@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from refine_cli import models, weights
-from refine_cli.models.colour_spn import ColourPropagation, box_mean, mask_alignment, mask_detail, texture_normalised
-from refine_cli.ops.colour_likelihood import box_sum, colour_models
+from refine_cli.models.colour_spn import ColourPropagation, mask_alignment, mask_detail, texture_normalised
+from refine_cli.ops.colour_likelihood import colour_models
 from refine_cli.pipeline import Refiner
 
 
@@ -401,13 +401,6 @@ def test_colour_models_learnt_where_the_map_is_sure_move_a_doubted_band():
     assert wrong[2.0] <= 16  # measured: none
     with pytest.raises(ValueError, match="colour_confidence"):
         ColourPropagation(colour_confidence=0.0)
-
-
-@pytest.mark.parametrize(("shape", "reach"), [((2, 37, 53), 10), ((1, 5, 3), 4), ((1, 1, 1), 2), ((1, 30, 40), 1)])
-def test_box_mean_is_the_mean_over_the_square_within_the_image(shape: tuple[int, int, int], reach: int):
-    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
-    square = box_sum(box_sum(x, 1, reach), 2, reach) / box_sum(box_sum(torch.ones_like(x), 1, reach), 2, reach)
-    torch.testing.assert_close(box_mean(x, reach), square)
 
 
 def test_texture_counts_an_edge_within_texture_for_less_than_one_between_plain_regions():

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from refine_cli.errors import UsageError
 from refine_cli.ops import cpp
-from refine_cli.ops.colour_likelihood import colour_likelihood, colour_models, reweigh
+from refine_cli.ops.colour_likelihood import box_mean, box_sum, colour_likelihood, colour_models, reweigh
 
 BACKENDS = [
     "torch",
@@ -143,3 +143,10 @@ def test_arguments_are_checked():
         colour_likelihood(image, scores, confidence=-1.0)
     with pytest.raises(ValueError, match="backend"):
         colour_likelihood(image, scores, backend="gpu")
+
+
+@pytest.mark.parametrize(("shape", "reach"), [((2, 37, 53), 10), ((1, 5, 3), 4), ((1, 1, 1), 2), ((1, 30, 40), 1)])
+def test_box_mean_is_the_mean_over_the_square_within_the_image(shape: tuple[int, int, int], reach: int):
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    square = box_sum(box_sum(x, 1, reach), 2, reach) / box_sum(box_sum(torch.ones_like(x), 1, reach), 2, reach)
+    torch.testing.assert_close(box_mean(x, reach), square)
