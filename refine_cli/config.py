@@ -271,7 +271,7 @@ class PipelineConfig:
     """Inference defaults: the bundled networks, batching, the size networks run at, worker threads.
 
     base / refiner: names of the bundled default checkpoints (weights/<name>.pt): ESPNetv2 trained on PASCAL VOC (21
-        classes, real photographs) and the colour-gated propagation refiner (no learnt weights, any classes).
+        classes, real photographs) and the colour-gated propagation refiner (a small learnt guidance, any classes).
     batch_size: None picks 8 on a GPU and 1 on a CPU (a CPU gains nothing from batching; a batch that runs out
         of GPU memory is halved and retried).
     max_side: images whose long side exceeds this are decoded scaled down to it and run at that size; their labels

@@ -1,5 +1,5 @@
-"""The colour-gated spatial propagation refiner: the SPN's scans with gates read off the image's colours instead of
-a guidance network, run at full resolution, with no learnt weights.
+"""The colour-gated spatial propagation refiner: the SPN's scans with gates read off the image's colours, run at full
+resolution; a small learnt guidance network (`guidance`, `refine_cli.models.gate_guidance`) may modulate them.
 
 The gate linking two neighbouring pixels is the domain-transform weight of Gastal and Oliveira (SIGGRAPH 2011),
 a ** (1 + spatial_sigma / range_sigma * d), with d their L1 colour difference in [0, 1] RGB and
@@ -33,7 +33,9 @@ Probabilities say where they are sure: with `confident_kept`, a pixel's coarse p
 to its largest one, so the propagation moves what the network doubted and leaves its confident regions alone (thin
 structures and small objects included, which averaging with their surroundings erodes). With `texture_reach`, an
 edge's colour difference is judged against the texture around it (`texture_normalised`): the inner edges of
-textured regions stop the scans less, the edges between plain regions more.
+textured regions stop the scans less, the edges between plain regions more. With `guidance`, a network trained on
+real photographs rescales every colour difference and can close a gate where no colour edge shows: which edges
+are objects' outlines is learnt rather than read off one fixed measure.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from refine_cli.models.gate_guidance import GateGuidance
 from refine_cli.ops import cpp
 from refine_cli.ops.class_map import class_map
 from refine_cli.ops.colour_likelihood import box_mean, box_sum, colour_models, reweigh
@@ -110,6 +113,9 @@ class ColourPropagation(nn.Module):
     texture_reach: None, or a radius in pixels: the colour differences the gates read are first measured against the
         texture within it (`texture_normalised`, with `texture_power`), so that the scans cross the inner edges of
         foliage or gravel and stop at an edge between two plain regions.
+    guidance: None, or a number of channels: a learnt `refine_cli.models.gate_guidance.GateGuidance` of that width
+        modulates the colour differences (last, after the texture and smooth-mask scales), the SPN's guidance
+        network in a form that keeps the gates at full resolution. Its weights are the checkpoint's only tensors.
     """
 
     per_class = True  # every class map is propagated the same way: any label set
@@ -123,7 +129,7 @@ class ColourPropagation(nn.Module):
                  smooth_mask_alignment: tuple[float, float] | None = None,
                  smooth_mask_kept: tuple[float, float] | None = None, smooth_mask_range: float | None = None,
                  confident_kept: float | None = None, colour_confidence: float | None = None,
-                 texture_reach: int | None = None, texture_power: float = 0.5,
+                 texture_reach: int | None = None, texture_power: float = 0.5, guidance: int | None = None,
                  backend: EdgeMeanBackend = "auto") -> None:
         super().__init__()
         if spatial_sigma <= 0 or range_sigma <= 0 or iterations < 1 or rounds < 1:
@@ -162,6 +168,9 @@ class ColourPropagation(nn.Module):
         self.colour_weight, self.colour_block, self.colour_bins = float(colour_weight), colour_block, colour_bins
         self.spatial_sigma, self.range_sigma, self.iterations = float(spatial_sigma), float(range_sigma), iterations
         self.backend = backend
+        if guidance is not None and guidance < 1:
+            raise ValueError(f"guidance must be a number of channels, at least 1; got {guidance}")
+        self.guidance = None if guidance is None else GateGuidance(guidance)
 
     def forward(self, image: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         """image: (N, 3, H, W) RGB in [0, 1]; coarse: (N, K, H, W) probabilities. Returns (N, K, H, W) log
@@ -196,6 +205,8 @@ class ColourPropagation(nn.Module):
         scale = self._difference_scale(smooth)
         if scale is not None:  # smooth masks' differences count for less: their scans reach across fainter edges
             across_columns, across_rows = across_columns * scale, across_rows * scale
+        if self.guidance is not None:  # the learnt guidance: which edges to trust, which to cross
+            across_columns, across_rows = self.guidance.modulate(image, across_columns, across_rows)
         links = [(self._links(across_columns, s), self._links(across_rows, s)) for s in self.schedule()]
         for round_ in range(self.rounds):
             if round_:  # the previous round's mask, one-hot (floored as above)
@@ -367,7 +378,7 @@ def spn_colour(*, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterati
                smooth_mask_kept: tuple[float, float] | None = None,
                smooth_mask_range: float | None = None, confident_kept: float | None = None,
                colour_confidence: float | None = None, texture_reach: int | None = None,
-               texture_power: float = 0.5) -> ColourPropagation:
+               texture_power: float = 0.5, guidance: int | None = None) -> ColourPropagation:
     return ColourPropagation(spatial_sigma=spatial_sigma, range_sigma=range_sigma, iterations=iterations,
                              rounds=rounds, colour_weight=colour_weight, colour_block=colour_block,
                              colour_bins=colour_bins, smooth_mask_weight=smooth_mask_weight,
@@ -375,4 +386,4 @@ def spn_colour(*, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterati
                              smooth_mask_kept=smooth_mask_kept,
                              smooth_mask_range=smooth_mask_range, confident_kept=confident_kept,
                              colour_confidence=colour_confidence, texture_reach=texture_reach,
-                             texture_power=texture_power)
+                             texture_power=texture_power, guidance=guidance)

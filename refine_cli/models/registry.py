@@ -26,7 +26,8 @@ class ModelSpec:
     preprocess: the input the network expects by default (a checkpoint's metadata overrides it).
     defaults: builder arguments fixed by this name.
     trunk: the ImageNet trunk checkpoint (a `weights` name) used to initialise training, if any.
-    trainable: False for a network with nothing to learn (its settings are its arguments).
+    trainable: False for a network that `train` does not train (its settings are its arguments).
+    trained_by: for such a network with weights all the same, what trains them.
     fixed_classes: a refiner built for one class count (its builder takes `classes`), not a universal one.
     aux_head: a base network whose builder switches an auxiliary head on and off (`aux_loss`).
     What a built network can do beyond its forward is declared by refine_cli/models/contract.py.
@@ -41,6 +42,7 @@ class ModelSpec:
     trainable: bool = True
     fixed_classes: bool = False
     aux_head: bool = False
+    trained_by: str | None = None
 
 
 def _fixed(**kwargs: Any) -> Mapping[str, Any]:
@@ -143,8 +145,8 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
     ),
     "spn_colour": ModelSpec(
         colour_spn.spn_colour, "refiner", RAW_RGB,
-        "SPN scans with gates from the image's colours (no learnt weights), at full resolution, any classes",
-        trainable=False,
+        "SPN scans with gates from the image's colours (a small learnt guidance may modulate them), at full resolution, any classes",
+        trainable=False, trained_by="python weights/train_colour_guidance.py (its guidance network)",
     ),
     "spn_voc21": ModelSpec(
         spn.spn_voc21, "refiner", IMAGENET, "SPN as released for VOC: 21 classes in, 32 hidden channels",
@@ -163,7 +165,8 @@ def trainable_spec(name: str, kind: str) -> ModelSpec:
     """The spec of `name`, which `train <kind>` can train; UsageError naming the ones it can otherwise."""
     s = spec(name)
     if s.kind != kind or not s.trainable:
-        what = f"a {s.kind} network" if s.kind != kind else "a network with no weights to learn"
+        what = f"a {s.kind} network" if s.kind != kind else \
+            f"trained by {s.trained_by}" if s.trained_by else "a network with no weights to learn"
         raise UsageError(f"'{name}' is {what}; `train {kind}` trains {', '.join(names(kind, trainable=True))}")
     return s
 

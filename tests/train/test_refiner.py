@@ -105,6 +105,8 @@ def test_refiner_requests_that_cannot_work(world: Path, trained_base: TrainResul
     config = refiner_config(world, trained_base.model_path, tmp_path / "probs")
     with pytest.raises(UsageError, match="is a base network"):
         train_refiner(replace(config, arch="fcn8s_vgg16_compact"), tmp_path / "a")
+    with pytest.raises(UsageError, match="trained by python weights/train_colour_guidance.py"):
+        train_refiner(replace(config, arch="spn_colour"), tmp_path / "a")
     not_a_base = _saved(tmp_path, "refiner", TINY_REFINER_ARCH, (), **TINY_REFINER_ARGS)
     with pytest.raises(UsageError, match="give a base segmenter checkpoint"):
         train_refiner(replace(config, base=str(not_a_base)), tmp_path / "b")
