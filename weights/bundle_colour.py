@@ -78,15 +78,23 @@ GRID = [
 ]
 
 
-def write(path: Path, args: dict, metrics: dict | None = None) -> Path:
+def write(path: Path, args: dict, metrics: dict | None = None, *, state: dict | None = None,
+          learnt: dict | None = None) -> Path:
+    """The checkpoint of `args`; with a learnt guidance (args["guidance"]), its trained `state` and how it was trained
+    (`learnt`, weights/train_colour_guidance.py)."""
     spec = models.spec(NAME)
     full = models.arch_args(NAME, **args)
+    if (state is None) != (full.get("guidance") is None):
+        raise SystemExit("a learnt guidance needs its trained weights: python weights/train_colour_guidance.py")
+    model = spec.builder(**full)
+    if state is not None:
+        model.load_state_dict(state)
     meta = weights.CheckpointMeta(
         classes=(), preprocess=spec.preprocess, metrics=metrics or {},
-        provenance={"source": "weights/bundle_colour.py", "learnt": False,
+        provenance={"source": "weights/bundle_colour.py", "learnt": state is not None, **(learnt or {}),
                     "chosen_on": "DAVIS train sequences and CamVid train (weights/bundle_colour.py --grid)"},
     )
-    ckpt = weights.checkpoint_from_model(spec.builder(**full), arch=NAME, arch_args=full, meta=meta)
+    ckpt = weights.checkpoint_from_model(model, arch=NAME, arch_args=full, meta=meta)
     return weights.save_checkpoint(path, ckpt)
 
 
