@@ -1,5 +1,6 @@
 """The default refiner's parts, one at a time, on the real val sets: each row adds one part to the row above (the
-settings as `weights/bundle_colour.py` names them, every one chosen there on train) and is scored by
+settings as `weights/bundle_colour.py` names them, every one chosen there on train; the last, the learnt guidance,
+is the bundled file trained by `weights/train_colour_guidance.py`) and is scored by
 `benchmarks/real_targets.py --no-crf` (each number one `refine-cli evaluate` command, recorded in the JSON).
 
     python benchmarks/ablation.py --json benchmarks/results/ablation.json
@@ -15,6 +16,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+from refine_cli import weights
 
 ROOT = Path(__file__).resolve().parents[1]
 BASES = ("espnet_camvid", "camvid_fcn8s_compact", "camvid_deeplab_largefov_compact")
@@ -38,8 +41,10 @@ def steps(bundle) -> list[tuple[str, dict]]:
         ("+ finer histograms for few classes (colour_bins)", bundle.BINNED),
         ("+ confident probabilities kept (confident_kept 16)", bundle.KEPT),
         ("+ colour models counted by the map's confidence (colour_confidence 1)", bundle.CONFIDENT),
-        ("+ colour differences against the texture around them (texture_reach 10, range_sigma 0.17: shipped)",
+        ("+ colour differences against the texture around them (texture_reach 10, range_sigma 0.17)",
          bundle.CHOSEN),
+        # trained, not written here: the bundled file, made by weights/train_colour_guidance.py
+        ("+ learnt guidance in the gates (guidance 12: shipped)", {**bundle.CHOSEN, "guidance": 12}),
     ]
 
 
@@ -57,11 +62,15 @@ def main() -> None:
     earlier = {_key(row["setting"]): row for row in json.loads(args.reuse.read_text())["rows"]} if args.reuse else {}
     rows = []
     for index, (label, setting) in enumerate(steps(bundle)):
+        if "guidance" in setting:  # its weights are the bundled file's, recorded by their hash
+            checkpoint = ROOT / "weights" / f"{bundle.NAME}.pt"
+            setting = {**setting, "sha256": weights.file_sha256(checkpoint)}
         if _key(setting) in earlier:
             print(f"kept from {args.reuse}: {label}", flush=True)
             rows.append({**earlier[_key(setting)], "label": label})
             continue
-        checkpoint = bundle.write(args.work / f"step{index}.pt", setting)
+        if "guidance" not in setting:
+            checkpoint = bundle.write(args.work / f"step{index}.pt", setting)
         report = args.work / f"step{index}.json"
         command = [sys.executable, str(ROOT / "benchmarks" / "real_targets.py"), "--refiner", str(checkpoint),
                    "--no-crf", "--json", str(report), *(f"--base={base}" for base in BASES),

@@ -23,6 +23,7 @@ def test_default_refiner_improves_espnet_on_camvid_val(real_data: Path):
     pairs = dataset.pairs[::10]  # 11 frames spread over the split
     model = Refiner(base="espnet_camvid", device="cpu")
     assert model.engine.refiner is not None and model.engine.refiner.arch == "spn_colour"
+    assert model.engine.refiner.module.guidance is not None  # the learnt guidance is loaded and used
     truth = {pair.image: dataset.read_label(pair) for pair in pairs}
     coarse, refined = ConfusionMatrix(11), ConfusionMatrix(11)
     coarse_bf, refined_bf = BoundaryF(), BoundaryF()
@@ -32,7 +33,8 @@ def test_default_refiner_improves_espnet_on_camvid_val(real_data: Path):
         for matrix, bf, labels in ((coarse, coarse_bf, result.coarse), (refined, refined_bf, result.labels)):
             matrix.update(np.asarray(labels, np.int64), gt)
             bf.update(np.asarray(labels, np.int64), gt)
-    # Measured on these 11 frames: mIoU 68.87 -> 69.80, boundary F 60.06 -> 65.24 (61.11 before the colour models).
+    # Measured on these 11 frames: mIoU 68.87 -> 69.91, boundary F 60.06 -> 66.00 (65.24 before the learnt guidance,
+    # 61.11 before the colour models).
     assert refined.miou >= coarse.miou + 0.005, (coarse.miou, refined.miou)
     assert refined_bf.score().f >= coarse_bf.score().f + 0.03, (coarse_bf.score().f, refined_bf.score().f)
 
@@ -46,7 +48,9 @@ def _davis_val_scores(real_data: Path, stride: int, upsample: str) -> tuple[dict
     default = model.engine.refiner
     assert default is not None and default.module.smooth_mask_weight is not None
     arch_args = weights.load_checkpoint(default.path).arch_args
-    plain = replace(default, module=ColourPropagation(**{**arch_args, "smooth_mask_weight": None}))
+    plain_module = ColourPropagation(**{**arch_args, "smooth_mask_weight": None})
+    plain_module.load_state_dict(default.module.state_dict())  # the same learnt guidance
+    plain = replace(default, module=plain_module.eval())
     scores = {name: (ConfusionMatrix(2), BoundaryF()) for name in ("coarse", "default", "plain")}
     for pair in dataset.pairs[::15]:
         gt = dataset.read_label(pair)
@@ -70,8 +74,8 @@ def test_default_refiner_moves_blocky_hard_masks_further_on_davis_val(real_data:
     # (`smooth_mask_weight`) than for probabilities or detailed masks, and gains more boundary F than it would at
     # its plain colour weight.
     miou, bf = _davis_val_scores(real_data, 16, "nearest")
-    # Measured on these 6 frames: mIoU / boundary F 93.62 / 36.79 coarse, 95.60 / 57.78 at the plain weight,
-    # 96.39 / 69.01 with the default's.
+    # Measured on these 6 frames: mIoU / boundary F 93.62 / 36.79 coarse, 96.15 / 64.29 at the plain weight,
+    # 96.58 / 72.02 with the default's (95.60 / 57.78 and 96.39 / 69.01 before the learnt guidance).
     assert miou["default"] >= miou["plain"] >= miou["coarse"], miou
     assert bf["default"] >= bf["plain"] + 0.03, bf
 
@@ -82,8 +86,8 @@ def test_default_refiner_leaves_smooth_accurate_masks_as_they_are_on_davis_val(r
     # image's edges (`mask_alignment`), so the smooth-mask weight stands aside and the mask comes back nearly as
     # given (`smooth_mask_kept`), where even the plain propagation would move its boundaries off the edges.
     miou, bf = _davis_val_scores(real_data, 8, "bilinear")
-    # Measured on these 6 frames: mIoU / boundary F 98.85 / 94.93 coarse, 98.76 / 94.49 at the plain weight,
-    # 98.87 / 95.41 with the default's (98.06 / 87.81 with the smooth-mask weight and neither guard, before
-    # colour_confidence; the plain weight gained 0.74 boundary F with texture_reach, the default 0.08).
-    assert miou["default"] >= miou["coarse"] - 0.0005, miou
+    # Measured on these 6 frames: mIoU / boundary F 98.85 / 94.93 coarse, 98.65 / 93.62 at the plain weight,
+    # 98.83 / 95.15 with the default's (98.06 / 87.81 with the smooth-mask weight and neither guard, before
+    # colour_confidence; 98.87 / 95.41 before the learnt guidance, which costs such masks a little mIoU: hence 0.001).
+    assert miou["default"] >= miou["coarse"] - 0.001, miou
     assert bf["default"] >= bf["coarse"] - 0.003 and bf["default"] >= bf["plain"] + 0.005, bf
