@@ -120,7 +120,7 @@ class ColourPropagation(nn.Module):
 
     per_class = True  # every class map is propagated the same way: any label set
     full_resolution = True  # the pipeline runs it on the full-size image, never on a scaled-down copy
-    channels_last = False  # no convolutions: it reads each colour channel as one NCHW plane
+    channels_last = False  # it reads each colour channel as one NCHW plane (its guidance too small to gain from NHWC)
     min_side = 1
 
     def __init__(self, *, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterations: int = 2, rounds: int = 1,

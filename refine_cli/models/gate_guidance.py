@@ -7,7 +7,7 @@ the network only modulates those differences: each is multiplied by exp(s) and h
 over the two neighbours. s < 0 lets the scans cross an edge the image shows but the labels do not (texture,
 shadows, reflections), s > 0 holds them at a faint edge, and c closes a gate where a boundary lies without a colour
 edge. Three 3 x 3 convolutions (dilations 1, 2, 4) at half resolution, their maps concatenated into a 1 x 1
-output, upsampled bilinearly: a few milliseconds per 480 x 360 frame on one CPU thread. Its output layer starts
+output, upsampled bilinearly: about 7 ms per 480 x 360 frame on one CPU thread. Its output layer starts
 at s = 0 and c = CLOSURE_SCALE * softplus(CLOSURE_BIAS) (about 0.001, against colour differences of 0.1 and more at
 an edge), so an untrained guidance leaves the refiner as it was.
 """
