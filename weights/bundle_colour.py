@@ -2,7 +2,7 @@
 its settings on training data only.
 
     python weights/bundle_colour.py --grid    # score each setting on the train splits, print the table
-    python weights/bundle_colour.py           # write the checkpoint with the chosen setting
+    python weights/train_colour_guidance.py   # write the checkpoint: the chosen setting and its trained guidance
 
 The grid scores `refine-cli evaluate` on DAVIS train sequences (ground truth coarsened like a stride-8 and a
 stride-16 network, blocks upsampled by pixel replication) and on CamVid train (the hard masks of each base network
@@ -173,9 +173,10 @@ def main() -> None:
         grid(args.real, args.work, args.limit, [int(i) for i in args.rows.split(",")],
              [b for b in args.camvid_bases.split(",") if b], [b for b in args.camvid_probabilities.split(",") if b])
         return
-    path = write(HERE / f"{NAME}.pt", CHOSEN)
-    weights.record_file(path)
-    print(f"wrote {path}")
+    # The bundled file also holds the learnt guidance, which only training makes: writing the settings alone here
+    # would replace it with a refiner without one.
+    raise SystemExit(f"weights/{NAME}.pt is written by python weights/train_colour_guidance.py (the chosen setting and "
+                     "its trained guidance); this script chooses the settings (--grid)")
 
 
 if __name__ == "__main__":

@@ -145,7 +145,8 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
     ),
     "spn_colour": ModelSpec(
         colour_spn.spn_colour, "refiner", RAW_RGB,
-        "SPN scans with gates from the image's colours (a small learnt guidance may modulate them), at full resolution, any classes",
+        "SPN scans with gates from the image's colours, rescaled by a small learnt guidance, at full resolution, any "
+        "classes",
         trainable=False, trained_by="python weights/train_colour_guidance.py (its guidance network)",
     ),
     "spn_voc21": ModelSpec(
