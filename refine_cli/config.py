@@ -162,11 +162,12 @@ class PerturbConfig:
 @dataclass(frozen=True)
 class WorkingCropConfig:
     """Refiner training crops at the resolution the refiner runs at (`refine_cli.data.working_crops`): images scaled
-    so their long side is `side` (the pipeline's refiner side) times a random zoom, `size` x `size` crops redrawn
-    (up to `max_tries` times) while they hold fewer than `min_labels` labels, at most `max_classes` class maps each."""
+    so their long side is `side` (the pipeline's refiner side; None: at their own size, for a refiner the pipeline
+    runs at full resolution) times a random zoom, `size` x `size` crops redrawn (up to `max_tries` times) while they
+    hold fewer than `min_labels` labels, at most `max_classes` class maps each."""
 
     size: int = 160
-    side: int = 320
+    side: int | None = 320
     zoom: tuple[float, float] = (0.7, 1.4)
     min_labels: int = 2
     max_tries: int = 10
@@ -413,6 +414,9 @@ class RefinerTrainConfig:
     perturb_base_p: chance that a base network's map is itself perturbed (its argmax, as ground truth is): a
         network's outputs on the images it was trained on are better than anything it gives a user.
     boundary_weight: pixels within 2 px of a true label change weigh 1 + this in the loss.
+    loss_band: None (the refiner's own rule, `refine_cli.models.contract.TrainsNearBoundaries`: every pixel for most),
+        or count only the pixels within this many px of the coarse map's boundaries (0: every pixel).
+    loss_clip: None (the refiner's own rule), or each pixel's loss clipped at this (0: not clipped).
     val_limit: validate on at most this many images per dataset (None: all).
     """
 
@@ -440,6 +444,8 @@ class RefinerTrainConfig:
     hard_p: float = 0.3
     perturb_base_p: float = 0.5
     boundary_weight: float = 0.0
+    loss_band: int | None = None
+    loss_clip: float | None = None
     val_limit: int | None = None
 
     @property

@@ -38,7 +38,10 @@ from refine_cli import models, weights
 from refine_cli.data import open_dataset
 from refine_cli.data.coarsen import coarsen_labels
 from refine_cli.data.perturb import perturb
+from refine_cli.labels import IGNORE_INDEX
+from refine_cli.models.colour_spn import PROB_FLOOR
 from refine_cli.pipeline import Refiner
+from refine_cli.train.working import refiner_loss
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -92,7 +95,7 @@ def training_pairs(real: Path) -> tuple[list, list]:
 
 def crop(pair, size: int, rng: random.Random):
     """A random crop (image float (1, 3, s, s), coarse (1, K', s, s) over the K' classes its argmax holds, target
-    (s, s) int64 into those, -1 elsewhere and on ignored pixels), or None with fewer than two classes."""
+    (s, s) int64 into those, 255 elsewhere and on ignored pixels), or None with fewer than two classes."""
     image, coarse, labels, may_be_hardened = pair
     height, width = labels.shape
     top, left = rng.randrange(height - size + 1), rng.randrange(width - size + 1)
@@ -108,25 +111,18 @@ def crop(pair, size: int, rng: random.Random):
         return None
     coarse = coarse[:, present]
     coarse = coarse / coarse.sum(1, keepdim=True).clamp_min(1e-6)
-    index = torch.full((256,), -1, dtype=torch.long)
+    index = torch.full((256,), IGNORE_INDEX, dtype=torch.long)
     index[present] = torch.arange(len(present))
     return image, coarse, index[labels]
 
 
 def band_loss(refined: torch.Tensor, coarse: torch.Tensor, target: torch.Tensor, band: int,
               clip: float) -> torch.Tensor | None:
-    """The clipped negative log-likelihood of `target` under (1, K, H, W) probabilities, averaged over the labelled
-    pixels within `band` px of the coarse argmax's boundaries (None with fewer than 50 of them)."""
-    nll = F.nll_loss(refined.clamp_min(1e-6).log(), target[None], ignore_index=-1, reduction="none")[0]
-    labels = coarse.argmax(1)[0]
-    edges = torch.zeros_like(labels, dtype=torch.bool)
-    edges[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    edges[1:, :] |= labels[1:, :] != labels[:-1, :]
-    near = F.max_pool2d(edges.float()[None, None], 2 * band + 1, 1, band)[0, 0] > 0
-    counted = near & (target >= 0)
-    if int(counted.sum()) < 50:
-        return None
-    return nll.clamp_max(clip)[counted].mean()
+    """The crop's loss as `refine-cli train refiner` counts it for this refiner (`refiner_loss`: the clipped
+    negative log-likelihood of `target` under (1, K, H, W) probabilities within `band` px of the coarse argmax's
+    boundaries), averaged over those pixels (None with fewer than 50 of them)."""
+    total, count = refiner_loss(refined.clamp_min(PROB_FLOOR).log(), target[None], coarse, band=band, clip=clip)
+    return None if int(count) < 50 else total / count
 
 
 def main() -> None:

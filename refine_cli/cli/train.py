@@ -61,7 +61,7 @@ BASE_ARCHS = (
     "fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_resnet50_compact",
     "deeplabv3_mobilenet_v3_large", "espnet", "espnetv2",
 )
-REFINER_ARCHS = ("spn_universal", "spn_universal_compact", "spn_voc21")
+REFINER_ARCHS = ("spn_universal", "spn_universal_compact", "spn_colour", "spn_voc21")
 NETWORK, OPTIM, LOOP, AUG, RUN = "Network", "Optimizer", "Loop", "Augmentation", "Run folder"
 
 
@@ -399,6 +399,14 @@ def refiner(
     boundary_weight: Annotated[float, typer.Option("--boundary-weight", min=0.0, help="Pixels within 2 px of a true "
                                                    "label change weigh 1 + this in the loss.",
                                                    rich_help_panel=WORKING)] = REFINER.boundary_weight,
+    loss_band: Annotated[Optional[int], typer.Option("--loss-band", min=0, help="Count the loss only within this "
+                                                     "many px of the coarse map's boundaries, where a refiner acts "
+                                                     "(0: every pixel; default: the refiner's own, 8 for spn_colour, "
+                                                     "0 for the others).", rich_help_panel=NETWORK)] = None,
+    loss_clip: Annotated[Optional[float], typer.Option("--loss-clip", min=0.0, help="Clip each pixel's loss at this, "
+                                                       "so pixels no refiner can fix do not dominate (0: not "
+                                                       "clipped; default: the refiner's own, 3 for spn_colour, 0 for "
+                                                       "the others).", rich_help_panel=NETWORK)] = None,
     val_limit: Annotated[Optional[int], typer.Option("--val-limit", min=1, help="Validate on at most this many "
                                                      "images per dataset.", rich_help_panel=WORKING)] = None,
     probs: Annotated[ProbsMode, typer.Option("--probs", help="cache: computed once and stored (float16); live: "
@@ -481,7 +489,7 @@ def refiner(
             working=replace(REFINER.working, size=size, side=working_side, max_classes=max_classes,
                             min_labels=min_labels, max_tries=max_tries),
             hard_p=REFINER.hard_p if hard_probs is None else hard_probs, boundary_weight=boundary_weight,
-            val_limit=val_limit,
+            loss_band=loss_band, loss_clip=loss_clip, val_limit=val_limit,
             crop=CropConfig(size=size, crops_per_image=crops_per_image, min_labels=min_labels,
                             max_tries=max_tries),
             augment=AugmentConfig(rotation_deg=rotation, scale=scale_jitter, shift_fraction=shift,

@@ -92,15 +92,16 @@ def working_crop(
 
     image (3, H, W) uint8, label (H, W) int (255 ignored) at full size. The coarse input is `probs` (K, H, W) (a
     base network's, made one-hot with chance `hard_p`, or its argmax perturbed further with chance
-    `perturb_base_p`) when given, else made from the crop's ground truth with `perturb_config`. The crop covers `config.size / f` full-size pixels, f = config.side / max(H, W) times a zoom
-    log-uniform in `config.zoom`, and is scaled to `config.size` as the pipeline scales (antialiased bilinear for the
+    `perturb_base_p`) when given, else made from the crop's ground truth with `perturb_config`. The crop covers
+    `config.size / f` full-size pixels, f = config.side / max(H, W) (1 without a side) times a zoom log-uniform in
+    `config.zoom`, and is scaled to `config.size` as the pipeline scales (antialiased bilinear for the
     image and probabilities; ground truth perturbed at twice the size and area-averaged down, so a hard mask gets
     the same soft edge it gets at inference). Flipped left-right with chance 1/2 when `config.flip`.
     """
     c = config.size
     h, w = label.shape
     zoom = math.exp(_uniform(rng, math.log(config.zoom[0]), math.log(config.zoom[1])))
-    f = config.side / max(h, w) * zoom
+    f = (1.0 if config.side is None else config.side / max(h, w)) * zoom
     side = max(2, round(c / f))
     top, left = _window(label, side, rng=rng, min_labels=config.min_labels, tries=config.max_tries)
     img = _region(image, top, left, side, 0.0)

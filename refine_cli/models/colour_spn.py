@@ -54,6 +54,7 @@ from refine_cli.ops.colour_likelihood import box_mean, box_sum, colour_models, r
 from refine_cli.ops.edge_mean import EdgeMeanBackend, edge_mean
 
 PROB_FLOOR = 1e-6  # the propagated probabilities are returned as log(p), floored here
+LOSS_BAND, LOSS_CLIP = 8, 3.0  # `training_loss_band`
 TEXTURE_FLOOR = 0.05  # `texture_normalised`: a mean colour difference (L1 over RGB in [0, 1]) this small is no texture
 
 
@@ -171,6 +172,12 @@ class ColourPropagation(nn.Module):
         if guidance is not None and guidance < 1:
             raise ValueError(f"guidance must be a number of channels, at least 1; got {guidance}")
         self.guidance = None if guidance is None else GateGuidance(guidance)
+
+    def training_loss_band(self) -> tuple[int, float]:
+        """`TrainsNearBoundaries`: the guidance learns from the pixels within 8 px of the coarse boundaries, each
+        pixel's negative log-likelihood clipped at 3. Counted everywhere and unclipped, it learnt to blur every gate
+        (the pixels no propagation can fix outweigh the rest: weights/README.md, the model card)."""
+        return LOSS_BAND, LOSS_CLIP
 
     def forward(self, image: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         """image: (N, 3, H, W) RGB in [0, 1]; coarse: (N, K, H, W) probabilities. Returns (N, K, H, W) log

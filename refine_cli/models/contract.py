@@ -50,6 +50,16 @@ class ReportsScalars(Protocol):
 
 
 @runtime_checkable
+class TrainsNearBoundaries(Protocol):
+    """A refiner whose training loss is counted only where it acts, within `band` px of the coarse map's boundaries,
+    each pixel's loss clipped at `clip` (a pixel the coarse map is confidently wrong about, which no propagation can
+    fix, would otherwise dominate): returns (band, clip); `refine-cli train refiner --loss-band/--loss-clip`
+    override them."""
+
+    def training_loss_band(self) -> tuple[int, float]: ...
+
+
+@runtime_checkable
 class GivesProbabilities(Protocol):
     """A refiner whose logits are the log of probabilities it computes (keep 0, correction their log): it gives the
     probabilities themselves, and the pipeline, which wants labels or probabilities, skips the log and the softmax

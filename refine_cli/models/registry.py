@@ -26,8 +26,6 @@ class ModelSpec:
     preprocess: the input the network expects by default (a checkpoint's metadata overrides it).
     defaults: builder arguments fixed by this name.
     trunk: the ImageNet trunk checkpoint (a `weights` name) used to initialise training, if any.
-    trainable: False for a network that `train` does not train (its settings are its arguments).
-    trained_by: for such a network with weights all the same, what trains them.
     fixed_classes: a refiner built for one class count (its builder takes `classes`), not a universal one.
     aux_head: a base network whose builder switches an auxiliary head on and off (`aux_loss`).
     What a built network can do beyond its forward is declared by refine_cli/models/contract.py.
@@ -39,10 +37,8 @@ class ModelSpec:
     description: str
     defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     trunk: str | None = None
-    trainable: bool = True
     fixed_classes: bool = False
     aux_head: bool = False
-    trained_by: str | None = None
 
 
 def _fixed(**kwargs: Any) -> Mapping[str, Any]:
@@ -147,7 +143,6 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
         colour_spn.spn_colour, "refiner", RAW_RGB,
         "SPN scans with gates from the image's colours, rescaled by a small learnt guidance, at full resolution, any "
         "classes",
-        trainable=False, trained_by="python weights/train_colour_guidance.py (its guidance network)",
     ),
     "spn_voc21": ModelSpec(
         spn.spn_voc21, "refiner", IMAGENET, "SPN as released for VOC: 21 classes in, 32 hidden channels",
@@ -156,19 +151,16 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({
 })
 
 
-def names(kind: str | None = None, *, trainable: bool | None = None) -> list[str]:
-    """Registered names, optionally only those of one kind ("base" or "refiner") and trainability."""
-    return [n for n, s in MODELS.items()
-            if (kind is None or s.kind == kind) and (trainable is None or s.trainable == trainable)]
+def names(kind: str | None = None) -> list[str]:
+    """Registered names, optionally only those of one kind ("base" or "refiner")."""
+    return [n for n, s in MODELS.items() if kind is None or s.kind == kind]
 
 
 def trainable_spec(name: str, kind: str) -> ModelSpec:
-    """The spec of `name`, which `train <kind>` can train; UsageError naming the ones it can otherwise."""
+    """The spec of `name`, which `train <kind>` trains; UsageError naming the ones it does otherwise."""
     s = spec(name)
-    if s.kind != kind or not s.trainable:
-        what = f"a {s.kind} network" if s.kind != kind else \
-            f"trained by {s.trained_by}" if s.trained_by else "a network with no weights to learn"
-        raise UsageError(f"'{name}' is {what}; `train {kind}` trains {', '.join(names(kind, trainable=True))}")
+    if s.kind != kind:
+        raise UsageError(f"'{name}' is a {s.kind} network; `train {kind}` trains {', '.join(names(kind))}")
     return s
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from refine_cli import weights
+from refine_cli import models, weights
 from refine_cli.config import DataConfig, Init
 from refine_cli.data import SegmentationDataset, ensure_valid, open_dataset
 from refine_cli.errors import UsageError, WeightsError
@@ -67,6 +67,18 @@ def _trunk_owner(model: nn.Module) -> nn.Module | None:
     """The module that knows how to load an ImageNet trunk: the network itself, else its first sub-module with
     `load_imagenet_trunk` (the SPN refiner's guidance network)."""
     return next((m for m in model.modules() if isinstance(m, LoadsImageNetTrunk)), None)
+
+
+def refiner_arch_args(arch: str, given: dict[str, Any], init_from: str | None) -> dict[str, Any]:
+    """A refiner's builder arguments: the arch's defaults, then (fine-tuning a checkpoint of the same arch, `--from`)
+    the checkpoint's own, then `given` (`--arch-arg`). A refiner's settings may be more than its tensors' shapes (the
+    colour refiner's reach and colour weights): fine-tuning keeps them."""
+    recorded: dict[str, Any] = {}
+    if init_from:
+        ckpt = weights.load_checkpoint(weights.resolve(init_from, download=False))
+        if ckpt.arch == arch:
+            recorded = dict(ckpt.arch_args)
+    return models.arch_args(arch, **{**recorded, **given})
 
 
 def initialise(model: nn.Module, spec: ModelSpec, *, arch: str, init: str, init_from: str | None,

@@ -33,6 +33,7 @@ from refine_cli.train.common import (
     initialise,
     open_split,
     per_rank,
+    refiner_arch_args,
     scores_of,
     stream_loader,
     val_name,
@@ -41,7 +42,7 @@ from refine_cli.distributed import DistInfo
 from refine_cli.train.events import EventFn
 from refine_cli.train.loop import LossTerms, TrainResult, TrainTask, autocast_dtype, run_training
 from refine_cli.train.probs import BaseNet, cache_dir, coarse_probs, ensure_cache, load_base
-from refine_cli.train.working import WorkingRefinerTask
+from refine_cli.train.working import WorkingRefinerTask, loss_band_of, refiner_loss
 from refine_cli.transforms import normalize
 from refine_cli.weights import Checkpoint, CheckpointMeta, checkpoint_from_model
 
@@ -102,7 +103,7 @@ class RefinerTask(TrainTask):
                              f"the dataset has {len(self.classes)}; train a base on this label set first")
 
         self.arch = config.arch
-        self.arch_args = models.arch_args(config.arch, **config.arch_args)
+        self.arch_args = refiner_arch_args(config.arch, config.arch_args, config.init_from)
         # A joint refiner (the released VOC form) takes exactly the dataset's classes; the universal one any number.
         self.joint = self.spec.fixed_classes
         if self.joint:
@@ -111,6 +112,7 @@ class RefinerTask(TrainTask):
                 raise UsageError(f"{config.arch} built for {given} classes cannot train on {len(self.classes)}")
         model = models.build(config.arch, **self.arch_args)
         init = initialise(model, self.spec, arch=config.arch, init=config.init, init_from=config.init_from, emit=emit)
+        self.loss_band, self.loss_clip = loss_band_of(model, config)
         self.model = model.to(info.device)
         self.pre = self.spec.preprocess
         self.images_per_step = config.images_per_batch
@@ -165,6 +167,8 @@ class RefinerTask(TrainTask):
         probs = batch.probs.to(device, non_blocking=True).float()
         labels = batch.labels.to(device, non_blocking=True)
         logits = module(normalize(images, self.pre), probs)
+        if self.loss_band or self.loss_clip:
+            return refiner_loss(logits, labels, probs, band=self.loss_band, clip=self.loss_clip)
         return LossTerms(pixel_loss(logits, labels), (labels != IGNORE_INDEX).sum())
 
     # ---------------------------------------------------------------------------------------- validation

@@ -29,7 +29,7 @@ from refine_cli.data.working_crops import WorkingCrop, working_crop
 from refine_cli.errors import UsageError
 from refine_cli.labels import IGNORE_INDEX
 from refine_cli.metrics import BoundaryF, ConfusionMatrix
-from refine_cli.models.contract import Refines
+from refine_cli.models.contract import Refines, TrainsNearBoundaries
 from refine_cli.ops.class_map import class_map
 from refine_cli import distributed
 from refine_cli.train.common import (
@@ -38,10 +38,11 @@ from refine_cli.train.common import (
     initialise,
     open_split,
     per_rank,
+    refiner_arch_args,
     stream_loader,
 )
 from refine_cli.distributed import DistInfo
-from refine_cli.train.events import EventFn
+from refine_cli.train.events import EventFn, Note
 from refine_cli.train.loop import LossTerms, TrainTask, autocast_dtype
 from refine_cli.train.probs import BaseNet, cache_dir, ensure_cache, load_base
 from refine_cli.transforms import normalize
@@ -116,6 +117,38 @@ def boundary_weights(labels: torch.Tensor, weight: float, radius: int = 2) -> to
     return (1 + weight * edge.float()) * valid
 
 
+def band_pixels(coarse: torch.Tensor, band: int) -> torch.Tensor:
+    """(N, K, H, W) coarse probabilities -> (N, H, W) bool: the pixels within `band` px (a square) of a change of
+    their argmax, marked on the pixel right of or below it."""
+    labels = class_map(coarse)
+    edges = torch.zeros_like(labels, dtype=torch.bool)
+    edges[..., 1:] |= labels[..., 1:] != labels[..., :-1]
+    edges[..., 1:, :] |= labels[..., 1:, :] != labels[..., :-1, :]
+    return F.max_pool2d(edges[:, None].float(), 2 * band + 1, 1, band)[:, 0] > 0
+
+
+def loss_band_of(model: nn.Module, config: RefinerTrainConfig) -> tuple[int, float]:
+    """(band, clip) of `refiner_loss`: `config.loss_band` / `loss_clip` where given, else the refiner's own
+    (`TrainsNearBoundaries`), else every pixel, unclipped (0, 0)."""
+    band, clip = model.training_loss_band() if isinstance(model, TrainsNearBoundaries) else (0, 0.0)
+    return (band if config.loss_band is None else config.loss_band,
+            clip if config.loss_clip is None else config.loss_clip)
+
+
+def refiner_loss(logits: torch.Tensor, labels: torch.Tensor, coarse: torch.Tensor, *, boundary_weight: float = 0.0,
+                 band: int = 0, clip: float = 0.0) -> LossTerms:
+    """A working refiner's loss: cross-entropy of (N, K, H, W) logits against (N, H, W) labels (255 ignored), each
+    pixel's clipped at `clip` (0: not), weighted by `boundary_weights` and, with `band`, counted only within that
+    many px of the (N, K, H, W) coarse map's boundaries (`band_pixels`)."""
+    pixels = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    if clip:
+        pixels = pixels.clamp_max(clip)
+    weights = boundary_weights(labels, boundary_weight)
+    if band:
+        weights = weights * band_pixels(coarse, band)
+    return LossTerms((pixels * weights).sum(), weights.sum())
+
+
 def perturbed_val_mask(label: torch.Tensor, num_classes: int, name: str, config: PerturbConfig) -> torch.Tensor:
     """The hard coarse mask a val sample is scored from: its ground truth perturbed with a seed drawn from its name
     alone, so every run and every process sees the same masks."""
@@ -130,7 +163,7 @@ class WorkingRefinerTask(TrainTask):
         self.config, self.info, self.emit = config, info, emit
         self.spec = models.trainable_spec(config.arch, "refiner")
         self.arch = config.arch
-        self.arch_args = models.arch_args(config.arch, **config.arch_args)
+        self.arch_args = refiner_arch_args(config.arch, config.arch_args, config.init_from)
         model = models.build(config.arch, **self.arch_args)
         if not (isinstance(model, Refines) and model.per_class):
             raise UsageError(f"--crops working trains universal refiners (class-agnostic); '{config.arch}' takes a "
@@ -153,8 +186,18 @@ class WorkingRefinerTask(TrainTask):
                 raise UsageError(f"the base network {base.path.name} predicts {len(base.classes)} classes, which "
                                  "no --data dataset has")
         init = initialise(model, self.spec, arch=config.arch, init=config.init, init_from=config.init_from, emit=emit)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise UsageError(f"this '{config.arch}' has no weights to learn: build it with some (e.g. --arch-arg "
+                             "guidance=12 for the colour refiner's learnt guidance) or fine-tune a checkpoint that "
+                             "has them (--from)")
         self.model = model.to(info.device)
         self.pre = self.spec.preprocess
+        self.loss_band, self.loss_clip = loss_band_of(model, config)
+        if model.full_resolution and config.working.side is not None:
+            # The pipeline runs it on the full-size image: it learns at that size.
+            config = self.config = replace(config, working=replace(config.working, side=None))
+            emit(Note(f"'{config.arch}' runs at full resolution: crops at the images' own size (times the zoom), "
+                      "not scaled to --working-side"))
         self.images_per_step = config.images_per_batch
         self.per_dataset = max(len(s) for s in self.train_sets)
         self.dataset_size = self.per_dataset * len(self.train_sets)
@@ -204,10 +247,9 @@ class WorkingRefinerTask(TrainTask):
         images = batch.images.to(device, non_blocking=True).float().div_(255)
         probs = batch.probs.to(device, non_blocking=True)
         labels = batch.labels.to(device, non_blocking=True)
-        logits = module(normalize(images, self.pre), probs).float()
-        pixels = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")
-        weights = boundary_weights(labels, self.config.boundary_weight)
-        return LossTerms((pixels * weights).sum(), weights.sum())
+        logits = module(normalize(images, self.pre), probs)
+        return refiner_loss(logits, labels, probs, boundary_weight=self.config.boundary_weight, band=self.loss_band,
+                            clip=self.loss_clip)
 
     # ---------------------------------------------------------------------------------------- validation
 

@@ -18,6 +18,7 @@ from refine_cli.train.curve import draw_curve
 from refine_cli.train.order import StreamSampler, epoch_permutation
 from refine_cli.train.schedule import poly_lr
 from refine_cli.train.state import config_changes
+from refine_cli.train.working import band_pixels, refiner_loss
 from refine_cli.transforms import CAFFE_FCN, IMAGENET, normalize
 
 
@@ -124,3 +125,27 @@ def test_device_resolution():
         for spec in ("cuda", "cuda:0", "cuda:3"):
             with pytest.raises(DeviceError, match="no CUDA GPU"):
                 resolve_device(spec)
+
+
+def test_band_pixels_lie_within_the_band_of_the_coarse_boundary():
+    coarse = torch.zeros(1, 2, 6, 20)
+    coarse[:, 0, :, :10] = 1  # class 0 on the left, class 1 from column 10
+    coarse[:, 1, :, 10:] = 1
+    near = band_pixels(coarse, 3)[0]
+    assert near[:, 7:14].all() and not near[:, :7].any() and not near[:, 14:].any()  # change marked on column 10
+    assert not band_pixels(coarse[:, :, :, :10], 3).any()  # one class: no boundary
+
+
+def test_refiner_loss_counts_the_band_and_clips():
+    labels = torch.zeros(1, 6, 20, dtype=torch.long)
+    labels[..., 10:] = 1
+    coarse = torch.nn.functional.one_hot(labels, 2).permute(0, 3, 1, 2).float()
+    labels[0, 0, 0] = 255  # ignored
+    logits = torch.zeros(1, 2, 6, 20)
+    logits[:, 1, :, :2] = 20.0  # confidently wrong far from the boundary: loss about 20 a pixel
+    total, count = refiner_loss(logits, labels, coarse)
+    assert count == 6 * 20 - 1 and total > 11 * 20  # every labelled pixel, unclipped
+    total, count = refiner_loss(logits, labels, coarse, clip=3.0)
+    assert count == 6 * 20 - 1 and 11 * 3 - 1e-4 <= total - (count - 11) * math.log(2) <= 11 * 3 + 1e-4
+    total, count = refiner_loss(logits, labels, coarse, band=3)
+    assert count == 6 * 7 and total == pytest.approx(count * math.log(2))  # the wrong pixels lie outside the band

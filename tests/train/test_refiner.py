@@ -20,6 +20,7 @@ from refine_cli.errors import UsageError, WeightsError
 from refine_cli.train import Note, TrainResult, train_refiner
 from refine_cli.train import probs as probs_module
 from refine_cli.train.metrics_log import read_records
+from refine_cli.train.working import loss_band_of
 from tests.train.conftest import TINY_REFINER_ARCH, TINY_REFINER_ARGS, refiner_config
 
 
@@ -105,8 +106,8 @@ def test_refiner_requests_that_cannot_work(world: Path, trained_base: TrainResul
     config = refiner_config(world, trained_base.model_path, tmp_path / "probs")
     with pytest.raises(UsageError, match="is a base network"):
         train_refiner(replace(config, arch="fcn8s_vgg16_compact"), tmp_path / "a")
-    with pytest.raises(UsageError, match="trained by python weights/train_colour_guidance.py"):
-        train_refiner(replace(config, arch="spn_colour"), tmp_path / "a")
+    with pytest.raises(UsageError, match="has no weights to learn.*guidance=12"):
+        train_refiner(replace(config, arch="spn_colour", arch_args={}, crops="working"), tmp_path / "a")
     not_a_base = _saved(tmp_path, "refiner", TINY_REFINER_ARCH, (), **TINY_REFINER_ARGS)
     with pytest.raises(UsageError, match="give a base segmenter checkpoint"):
         train_refiner(replace(config, base=str(not_a_base)), tmp_path / "b")
@@ -183,3 +184,32 @@ def test_working_crops_refuse_a_base_mode_without_a_base(world, tmp_path):
     config = replace(refiner_config(world, Path("unused"), tmp_path), base="", crops="working", coarse="base")
     with pytest.raises(UsageError, match="--coarse perturb"):
         train_refiner(config, tmp_path / "run")
+
+
+def test_the_colour_refiner_trains_its_guidance_at_full_size_near_the_coarse_boundaries(world, trained_base, tmp_path):
+    """`train refiner --arch spn_colour --from CHECKPOINT`: the checkpoint's settings come with its weights, crops are
+    taken at the images' own size, the loss is its own (within 8 px of the coarse boundaries, clipped at 3), and
+    only the guidance learns."""
+    settings = {"spatial_sigma": 12.0, "range_sigma": 0.3, "colour_weight": 0.5, "guidance": 2}
+    start = _saved(tmp_path, "colour", "spn_colour", (), **settings)
+    notes: list[str] = []
+    config = refiner_config(
+        world, trained_base.model_path, tmp_path / "probs", arch="spn_colour", arch_args={}, crops="working",
+        coarse="mixed", init_from=str(start), data=DataConfig(root=str(world), val_split="val"),
+        working=WorkingCropConfig(size=32, side=48, max_classes=3),
+        optim=replace(refiner_config(world, trained_base.model_path, tmp_path).optim, lr=0.05),
+        loop=replace(refiner_config(world, trained_base.model_path, tmp_path).loop, steps=3, val_every=3),
+    )
+    result = train_refiner(config, tmp_path / "run", on_event=lambda e: notes.append(getattr(e, "text", "")))
+    assert any("runs at full resolution" in n for n in notes)
+    ckpt = weights.load_checkpoint(result.model_path)
+    assert ckpt.arch == "spn_colour" and {k: ckpt.arch_args[k] for k in settings} == settings
+    before = weights.load_checkpoint(start).state_dict
+    assert set(ckpt.state_dict) == set(before) and all(k.startswith("guidance.") for k in before)
+    assert not torch.equal(ckpt.state_dict["guidance.out.weight"], before["guidance.out.weight"])
+    assert result.val is not None and 0 <= result.val["world/perturbed/miou"] <= 1
+    # Given another band and clip on the command line, those are used instead.
+    model = weights.build_model(ckpt)
+    assert loss_band_of(model, config) == (8, 3.0)
+    assert loss_band_of(model, replace(config, loss_band=0, loss_clip=1.5)) == (0, 1.5)
+    assert loss_band_of(models.build(TINY_REFINER_ARCH, **TINY_REFINER_ARGS), config) == (0, 0.0)
