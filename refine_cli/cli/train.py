@@ -267,6 +267,15 @@ def _summary(result: TrainResult) -> None:
         val = "; val " + ", ".join(f"{k} {v:.4f}" for k, v in result.val.items())
     console.print(f"trained {result.steps} steps in {_duration(result.elapsed_s)} (final loss {loss}{val}); "
                   f"model: {result.model_path}", highlight=False, soft_wrap=True, markup=False)
+    if result.val and result.val_start:
+        shared = [k for k in ("miou", "bf") if k in result.val and k in result.val_start]
+        changes = ", ".join(f"{k} {result.val_start[k]:.4f} -> {result.val[k]:.4f}" for k in shared)
+        lower = [k for k in shared if result.val[k] < result.val_start[k]]
+        verdict = (f"training lowered {' and '.join(lower)}: the --from weights may serve this data better"
+                   if lower else "training raised every score")
+        if shared:
+            console.print(f"against the --from weights on val: {changes} ({verdict})", highlight=False,
+                          soft_wrap=True, markup=False)
 
 
 def _run(train: Any, config: Any, out: Path, resume: bool, overwrite: bool) -> None:

@@ -76,6 +76,8 @@ class TrainResult:
     model_path: Path
     last_path: Path
     val: Mapping[str, float] | None
+    # The same scores of the weights the run started from, measured before its first step (runs from `--from`).
+    val_start: Mapping[str, float] | None = None
 
 
 class TrainTask(ABC):
@@ -339,6 +341,8 @@ class _Run:
         self.emit(Started(start, loop.steps, describe(self.info.device), self.info.world_size, total,
                           sum(p.numel() for p in self.params)))
         self.t0 = time.perf_counter()
+        if start == 0 and getattr(self.config, "init_from", None):
+            self._evaluate(0)  # the --from weights' own scores: what training has to beat
         window = _Window()
         last_loss: float | None = None
         task.model.train()
@@ -362,7 +366,7 @@ class _Run:
             self._evaluate(loop.steps)
         model_path = self._export()
         result = TrainResult(self.run_dir, start, loop.steps, last_loss, self.elapsed(), model_path, self.last_path,
-                             self.val)
+                             self.val, self._val_at(0))
         self.emit(Finished(result))
         return result
 
@@ -469,6 +473,14 @@ class _Run:
         self.metrics.append({"kind": "val", "step": done, "split": self.task.val_name, **scores,
                              "time": self.elapsed()})
         self.emit(Evaluated(done, self.task.val_name or "val", scores))
+
+    def _val_at(self, step: int) -> dict[str, float] | None:
+        """The val scores the metrics log holds for `step` (a resumed run's come from before its restart)."""
+        for record in read_records(self.run_dir / METRICS):
+            if record.get("kind") == "val" and record.get("step") == step:
+                return {k: v for k, v in record.items()
+                        if k not in ("kind", "step", "split", "time") and isinstance(v, (int, float))}
+        return None
 
     def _checkpoint(self, done: int) -> None:
         rng = _capture_rng(self.info)  # a collective: every process takes part

@@ -3,6 +3,7 @@ runs write their folder, errors are one red line with the right exit code."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -49,6 +50,12 @@ def test_train_base_command(world: Path, tmp_path: Path):
                                        "--resume"))
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.output
+    # Fine-tuning says how the run's val scores compare with the weights it started from.
+    tuned = runner.invoke(app, _base(world, tmp_path / "tuned", "--val-split", "val", "--from", str(out / "model.pt")))
+    assert tuned.exit_code == 0, tuned.output
+    start = re.search(r"step 0 \S+: miou (0\.\d{4})", tuned.output)
+    assert start and f"against the --from weights on val: miou {start.group(1)} -> " in tuned.output
+    assert "against the --from weights" not in resumed.output
 
 
 def test_skip_bad_trains_past_a_truncated_jpeg(world: Path, tmp_path: Path):

@@ -132,12 +132,18 @@ def test_bf16_autocast_trains(world: Path, trained_base: TrainResult, tmp_path: 
 
 
 def test_from_a_trained_refiner_starts_at_its_weights(world: Path, trained_base: TrainResult, tmp_path: Path):
-    first = train_refiner(refiner_config(world, trained_base.model_path, tmp_path / "probs"), tmp_path / "first")
+    with_val = DataConfig(root=str(world), val_split="val")
+    first = train_refiner(refiner_config(world, trained_base.model_path, tmp_path / "probs", data=with_val),
+                          tmp_path / "first")
     start = weights.load_checkpoint(first.model_path).state_dict
     still = replace(refiner_config(world, trained_base.model_path, tmp_path / "probs").optim, optimizer="sgd",
                     lr=1e-12, momentum=0.0, weight_decay=0.0)
     tuned = train_refiner(refiner_config(world, trained_base.model_path, tmp_path / "probs", optim=still,
-                                         init_from=str(first.model_path)), tmp_path / "tuned")
+                                         data=with_val, init_from=str(first.model_path)), tmp_path / "tuned")
+    # Validated before its first step: the --from weights' own scores, the ones the first run ended with.
+    assert first.val_start is None and tuned.val_start is not None
+    assert tuned.val_start == pytest.approx(first.val, abs=1e-6)
+    assert [r["step"] for r in read_records(tuned.run_dir / "metrics.jsonl") if r["kind"] == "val"] == [0, 3]
     ckpt = weights.load_checkpoint(tuned.model_path)
     assert ckpt.meta.provenance["init"] == f"checkpoint:{first.model_path}"
     assert set(ckpt.state_dict) == set(start)
