@@ -18,6 +18,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_BGR_MEAN = (104.00699, 116.66877, 122.67891)
 
 ResizeRule = Literal["none", "short_side", "long_side", "square", "multiple"]
+# "short_side" stops enlarging where the long side reaches this many times `size` (torchvision's `Resize(max_size=)`):
+# a 3000 x 1 strip would otherwise run at 1,440,000 x 480 px under ESPNetv2's rule (18 GB before it was killed).
+LONG_SIDE_CAP = 4
 
 
 @dataclass(frozen=True)
@@ -27,8 +30,9 @@ class Preprocess:
     color_order: channel order fed to the network.
     scale: the [0, 1] image is multiplied by this before the mean is subtracted (255 for Caffe models).
     mean, std: per channel, in the network's colour order and scale.
-    resize: "none", "short_side" (short side to `size`, as torchvision's VOC models), "long_side" (long side to
-        `size` when larger), "square" (`size` x `size`, aspect not kept: the test script of EdgeNets' ESPNetv2) or
+    resize: "none", "short_side" (short side to `size`, as torchvision's VOC models, the long side kept within
+        `LONG_SIDE_CAP` x `size`), "long_side" (long side to `size` when larger), "square" (`size` x `size`, aspect
+        not kept: the test script of EdgeNets' ESPNetv2) or
         "multiple" (each side rounded down to a multiple of `size`, at least `size`: EdgeNets' segmentation demo).
         The network's output is resized back to the input size.
     """
@@ -77,7 +81,7 @@ def resized_shape(height: int, width: int, pre: Preprocess) -> tuple[int, int]:
     if pre.resize == "none" or pre.size is None:
         return height, width
     if pre.resize == "short_side":
-        s = pre.size / min(height, width)
+        s = min(pre.size / min(height, width), LONG_SIDE_CAP * pre.size / max(height, width))
     elif pre.resize == "long_side":
         s = min(1.0, pre.size / max(height, width))
     elif pre.resize == "square":

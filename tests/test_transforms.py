@@ -22,6 +22,13 @@ def test_resized_shape(rule, size, expected):
     assert resized_shape(480, 854, Preprocess(resize=rule, size=size)) == expected
 
 
+def test_short_side_keeps_the_long_side_within_its_cap():
+    """A thin strip is not enlarged without bound (3000 x 1 at short side 480 would be 1,440,000 x 480 px)."""
+    assert resized_shape(3000, 1, Preprocess(resize="short_side", size=480)) == (1920, 1)
+    assert resized_shape(100, 1000, Preprocess(resize="short_side", size=480)) == (192, 1920)
+    assert resized_shape(480, 1920, Preprocess(resize="short_side", size=480)) == (480, 1920)  # 4:1 is untouched
+
+
 def test_multiple_never_goes_below_one_multiple():
     assert resized_shape(20, 70, Preprocess(resize="multiple", size=32)) == (32, 64)
 
