@@ -134,7 +134,8 @@ def _run(
             distributed.teardown(info)
     if shard is not None and shard.rank != 0:
         raise typer.Exit(_exit_code(summary, shard))
-    title = "Interrupted: summary so far" if summary.interrupted else "Summary"
+    title = ("Interrupted: summary so far" if summary.interrupted
+             else "Stopped: summary so far" if summary.stopped else "Summary")
     view.print(_summary_table(summary, title))
     if summary.failed:
         view.print(_failures_table(summary))
@@ -142,6 +143,8 @@ def _run(
             err_console.print(f"[bold red]{len(summary.failed)} file(s) failed[/] (listed above and under \"failed\" "
                               "in --json); the exit status stays 0 under torchrun, which reports any other as a "
                               "crash", highlight=False, soft_wrap=True)
+    if summary.stopped:
+        err_console.print(f"[bold red]error:[/] {escape(summary.stopped)}", highlight=False, soft_wrap=True)
     if json_out is not None:
         text = json.dumps(summary.to_dict(), indent=1)
         if json_path is None:
@@ -157,7 +160,7 @@ def _exit_code(summary: FolderSummary, shard: DistInfo | None) -> int:
     but 0 makes torchrun print a crash report after the summary); else 0."""
     if summary.interrupted:
         return INTERRUPTED
-    return 1 if summary.failed and shard is None else 0
+    return 1 if (summary.failed or summary.stopped) and shard is None else 0
 
 
 def _refine_all(
@@ -167,7 +170,7 @@ def _refine_all(
     """Run the listed inputs through `model` into `out`, adding every file's outcome to `summary` (after Ctrl-C too:
     the writes already started finish and count)."""
     from refine_cli.ops import available_backends
-    from refine_cli.pipeline.folder import drain_interrupted
+    from refine_cli.pipeline.folder import OutputsBlocked, drain_interrupted
 
     summary.device = model.describe_device()
     where = f" (rank {shard.rank} of {shard.world_size})" if shard is not None else ""
@@ -194,6 +197,8 @@ def _refine_all(
         try:
             for event in events:
                 record(event)
+        except OutputsBlocked as exc:  # its writes already started were reported before it was raised
+            summary.stopped = str(exc)
         except KeyboardInterrupt:
             summary.interrupted = True
             for event in drain_interrupted(events):

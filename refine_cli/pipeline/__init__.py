@@ -21,13 +21,13 @@ from refine_cli.errors import InputError, UsageError
 from refine_cli.labels import voc_palette
 from refine_cli.pipeline.engine import PRECISIONS, Engine, Network, Precision, StageTimes, load_network, stack_images
 from refine_cli.pipeline.folder import (
-    FileEvent, FolderOptions, FolderSummary, Outputs, find_mask, output_folders, run_folder,
+    FileEvent, FolderOptions, FolderSummary, Outputs, OutputsBlocked, find_mask, output_folders, run_folder,
 )
 from refine_cli.pipeline.stream import Failure, Job, RefineResult, stream
 
 __all__ = [
-    "PRECISIONS", "FileEvent", "Failure", "FolderOptions", "FolderSummary", "Outputs", "RefineResult", "Refiner",
-    "StageTimes", "find_mask", "output_folders",
+    "PRECISIONS", "FileEvent", "Failure", "FolderOptions", "FolderSummary", "Outputs", "OutputsBlocked",
+    "RefineResult", "Refiner", "StageTimes", "find_mask", "output_folders",
 ]
 
 DEFAULT = PipelineConfig()

@@ -10,6 +10,7 @@ stopped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import time
@@ -32,6 +33,23 @@ from refine_cli.pipeline.engine import StageTimes
 from refine_cli.pipeline.stream import Failure, Job, RefineResult
 
 Palette = Sequence[tuple[int, int, int]]
+
+# A write that fails with one of these fails for every file after it, so the run stops rather than refine the rest.
+OUTPUTS_BLOCKED = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+class OutputsBlocked(RefineError):
+    """The output folder takes no more files (disk full, quota, read-only): the run stopped there."""
+
+
+def _blocked_by(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc` (itself or what it was raised from) when it is one of OUTPUTS_BLOCKED."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in OUTPUTS_BLOCKED:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @dataclass(frozen=True)
@@ -194,7 +212,8 @@ class FileEvent:
 
 @dataclass
 class FolderSummary:
-    """Counts and timing of a folder run so far; interrupted: stopped by Ctrl-C before the end."""
+    """Counts and timing of a folder run so far; interrupted: stopped by Ctrl-C before the end; stopped: why the run
+    stopped before the end otherwise (the output folder took no more files), "" when it did not."""
 
     processed: int = 0
     skipped: int = 0
@@ -203,6 +222,7 @@ class FolderSummary:
     device: str = ""
     interrupted: bool = False
     left_out: dict[str, int] = field(default_factory=dict)  # entries the listing skipped on purpose, by reason
+    stopped: str = ""
 
     def add(self, event: FileEvent) -> None:
         if event.status == "done":
@@ -222,6 +242,7 @@ class FolderSummary:
         self.failed.extend(other.failed)
         self.seconds = max(self.seconds, other.seconds)
         self.interrupted = self.interrupted or other.interrupted
+        self.stopped = self.stopped or other.stopped
         for why, count in other.left_out.items():
             self.left_out[why] = self.left_out.get(why, 0) + count
 
@@ -236,6 +257,7 @@ class FolderSummary:
             "device": self.device,
             "interrupted": self.interrupted,
             "left_out": dict(self.left_out),
+            "stopped": self.stopped,
         }
 
     @classmethod
@@ -248,6 +270,7 @@ class FolderSummary:
             device=d.get("device", ""),
             interrupted=d.get("interrupted", False),
             left_out=dict(d.get("left_out", {})),
+            stopped=d.get("stopped", ""),
         )
 
 
@@ -332,6 +355,8 @@ def _run_folder(
     pool = ThreadPoolExecutor(max_workers=max(1, writers), thread_name_prefix="refine-write")
     inflight: deque[tuple[RefineResult, Future[None]]] = deque()
 
+    blocked: list[OSError] = []
+
     def oldest() -> FileEvent:
         """The event of the oldest write, once it has finished. It leaves `inflight` only then, so a Ctrl-C during
         the wait loses no file."""
@@ -342,6 +367,7 @@ def _run_folder(
             event = FileEvent("done", result.path, result.relative, outputs=planned[result.path])
         except (RefineError, OSError) as exc:
             event = FileEvent("failed", result.path, result.relative, f"could not write outputs: {exc}")
+            blocked.extend(filter(None, [_blocked_by(exc)]))
         inflight.popleft()
         return event
 
@@ -355,8 +381,15 @@ def _run_folder(
             inflight.append((outcome, future))
             while inflight and (inflight[0][1].done() or len(inflight) > backlog * max(1, writers)):
                 yield oldest()
+            if blocked:
+                break
         while inflight:
             yield oldest()
+        if blocked:
+            reason = blocked[0].strerror or str(blocked[0])
+            raise OutputsBlocked(f"'{out_dir}' takes no more files ({reason}): the run stopped; make room (or make it "
+                                 "writable) and run the same command again: the files already written are kept and "
+                                 "skipped")
     except KeyboardInterrupt:
         # Ctrl-C: no new work, but the writes already started finish and are reported, so the summary counts every
         # file that is on disk.

@@ -4,6 +4,7 @@ time on an --out folder, stale temporary files, Ctrl-C at every stage."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -353,6 +354,43 @@ def test_ctrl_c_mid_run_counts_every_file_on_disk(nets, tmp_path: Path, monkeypa
     assert report["processed"] == len(masks())
     assert report["interrupted"] is True
     assert not [p for p in out.rglob(".*") if p.name != ".refine-cli.lock"]
+
+
+def test_a_full_disk_stops_the_run_and_the_next_run_goes_on(nets, tmp_path: Path, monkeypatch):
+    """Once a write finds no room, every later one would too: the run stops instead of refining the rest, says
+    why in one line, and the same command, given room, finishes the files not yet written."""
+    images = tmp_path / "many"
+    images.mkdir()
+    for i in range(16):
+        Image.fromarray(_rgb(16, 16, i)).save(images / f"{i:02d}.png")
+    out, summary = tmp_path / "out", tmp_path / "summary.json"
+    real_write, calls = folder_module.write_outputs, []
+
+    def fills_up(result, outputs, *args, **kwargs):
+        calls.append(outputs.mask)
+        if len(calls) > 3:
+            try:  # the way the disk says it: an OSError under the write's own error
+                raise OSError(errno.ENOSPC, "No space left on device", str(outputs.mask))
+            except OSError as exc:
+                raise folder_module.RefineError(f"cannot write {outputs.mask}") from exc
+        real_write(result, outputs, *args, **kwargs)
+
+    monkeypatch.setattr(folder_module, "write_outputs", fills_up)
+    args = ["refine", str(images), "--out", str(out), *_nets(nets), "--batch-size", "1", "--no-overlay"]
+    result = runner.invoke(app, [*args, "--json", str(summary)])
+    assert result.exit_code == 1, result.output
+    assert "Stopped: summary so far" in result.stdout
+    assert "takes no more files (No space left on device)" in result.output and "Traceback" not in result.output
+    report = json.loads(summary.read_text())
+    assert report["processed"] == 3 == len(list((out / "masks").glob("*.png")))
+    assert 1 <= report["failed"] and report["processed"] + report["failed"] == len(calls) < 16
+    assert "run the same command again" in report["stopped"]
+
+    monkeypatch.setattr(folder_module, "write_outputs", real_write)
+    again = runner.invoke(app, [*args, "--json", str(summary)])
+    assert again.exit_code == 0, again.output
+    report = json.loads(summary.read_text())
+    assert (report["skipped"], report["processed"], report["stopped"]) == (3, 13, "")
 
 
 def test_stale_temps_of_killed_runs_are_removed(nets, tmp_path: Path):
