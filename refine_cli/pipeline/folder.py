@@ -311,7 +311,8 @@ def run_folder(
 
     claim: hold `out_dir` while running (`claim_output_folder`); False where the caller holds it for several
     processes. Ctrl-C (KeyboardInterrupt) lets the writes already started finish and yields their events before it
-    is raised again; after a Ctrl-C outside the generator, `drain_interrupted` collects them."""
+    is raised again; after a Ctrl-C outside the generator, `drain_interrupted` collects them. A write refused for
+    good (OUTPUTS_BLOCKED: disk full, quota, read-only) ends the run the same way, with OutputsBlocked raised."""
     with claim_output_folder(out_dir) if claim else contextlib.nullcontext():
         yield from _run_folder(items, out_dir, options=options, palette=palette, refine=refine, masks_dir=masks_dir,
                                writers=writers, backlog=backlog, times=times)
@@ -354,8 +355,7 @@ def _run_folder(
 
     pool = ThreadPoolExecutor(max_workers=max(1, writers), thread_name_prefix="refine-write")
     inflight: deque[tuple[RefineResult, Future[None]]] = deque()
-
-    blocked: list[OSError] = []
+    blocked: list[OSError] = []  # writes the output folder refused for good
 
     def oldest() -> FileEvent:
         """The event of the oldest write, once it has finished. It leaves `inflight` only then, so a Ctrl-C during
@@ -367,7 +367,9 @@ def _run_folder(
             event = FileEvent("done", result.path, result.relative, outputs=planned[result.path])
         except (RefineError, OSError) as exc:
             event = FileEvent("failed", result.path, result.relative, f"could not write outputs: {exc}")
-            blocked.extend(filter(None, [_blocked_by(exc)]))
+            cause = _blocked_by(exc)
+            if cause is not None:
+                blocked.append(cause)
         inflight.popleft()
         return event
 
