@@ -10,7 +10,6 @@ stopped.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import socket
 import time
@@ -34,22 +33,10 @@ from refine_cli.pipeline.stream import Failure, Job, RefineResult
 
 Palette = Sequence[tuple[int, int, int]]
 
-# A write that fails with one of these fails for every file after it, so the run stops rather than refine the rest.
-OUTPUTS_BLOCKED = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-
 
 class OutputsBlocked(RefineError):
-    """The output folder takes no more files (disk full, quota, read-only): the run stopped there."""
-
-
-def _blocked_by(exc: BaseException) -> OSError | None:
-    """The OSError behind `exc` (itself or what it was raised from) when it is one of OUTPUTS_BLOCKED."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in OUTPUTS_BLOCKED:
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    """The output folder takes no more files (disk full, quota, read-only): the run stopped there, since every
+    later write would fail too."""
 
 
 @dataclass(frozen=True)
@@ -312,7 +299,7 @@ def run_folder(
     claim: hold `out_dir` while running (`claim_output_folder`); False where the caller holds it for several
     processes. Ctrl-C (KeyboardInterrupt) lets the writes already started finish and yields their events before it
     is raised again; after a Ctrl-C outside the generator, `drain_interrupted` collects them. A write refused for
-    good (OUTPUTS_BLOCKED: disk full, quota, read-only) ends the run the same way, with OutputsBlocked raised."""
+    good (`io.refused_for_good`: disk full, quota, read-only) ends the run the same way, with OutputsBlocked raised."""
     with claim_output_folder(out_dir) if claim else contextlib.nullcontext():
         yield from _run_folder(items, out_dir, options=options, palette=palette, refine=refine, masks_dir=masks_dir,
                                writers=writers, backlog=backlog, times=times)
@@ -367,7 +354,7 @@ def _run_folder(
             event = FileEvent("done", result.path, result.relative, outputs=planned[result.path])
         except (RefineError, OSError) as exc:
             event = FileEvent("failed", result.path, result.relative, f"could not write outputs: {exc}")
-            cause = _blocked_by(exc)
+            cause = io.refused_for_good(exc)
             if cause is not None:
                 blocked.append(cause)
         inflight.popleft()

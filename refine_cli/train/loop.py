@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import refine_cli
-from refine_cli import distributed
+from refine_cli import distributed, io
 from refine_cli.config import Amp, Optimizer
 from refine_cli.device import cpu_name, describe
 from refine_cli.distributed import DistInfo
@@ -331,6 +331,19 @@ class _Run:
     # ----------------------------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        """`_train`, where a write the disk refuses for good (full, quota, read-only) stops the run with a
+        TrainingError that says what is kept and how to go on."""
+        try:
+            return self._train()
+        except Exception as exc:
+            cause = io.refused_for_good(exc)
+            if cause is None:
+                raise
+            then = "run the same command again" if self.saved_step is None else "go on with --resume"
+            raise TrainingError(f"{self.run_dir} takes no more files ({cause.strerror or cause}): the run stopped; "
+                                f"{self._kept()}; make room and {then}") from exc
+
+    def _train(self) -> TrainResult:
         task, loop = self.task, self.loop
         start = self._restore() if self.resume else 0
         if not self.resume:
@@ -432,8 +445,8 @@ class _Run:
 
     def _kept(self) -> str:
         if self.saved_step is None:
-            return (f"no checkpoint was written yet (the first comes at step {self.loop.checkpoint_every}), so "
-                    "nothing is lost but the run")
+            first = min(self.loop.checkpoint_every, self.loop.steps)
+            return f"no checkpoint was written yet (the first comes at step {first}), so nothing is lost but the run"
         return f"{self.last_path} holds the finite weights of step {self.saved_step}"
 
     def _hints(self) -> str:

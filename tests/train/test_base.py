@@ -3,6 +3,7 @@ stopped, stops cleanly on a non-finite loss, and refuses what it cannot do."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from dataclasses import replace
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from refine_cli import io as io_module
 from refine_cli import weights
 from refine_cli.config import DataConfig, LoopConfig
 from refine_cli.data import open_dataset
@@ -185,6 +187,46 @@ def test_a_checkpoint_is_written_only_when_every_tensor_is_finite(world: Path, t
     state = load_state(run / "last.pt")  # resumable: every tensor in it is finite
     assert state.step == 2 and all(bool(torch.isfinite(v).all()) for v in state.model.values()
                                    if v.is_floating_point())
+
+
+def test_a_full_disk_stops_training_saying_what_is_kept(world: Path, tmp_path: Path, monkeypatch):
+    """The disk fills up after the first checkpoint: torch.save's own error for the failed write ("unexpected pos",
+    raised during the disk's), stops the run with one message naming the checkpoint kept, and --resume, given room,
+    finishes it."""
+    real_open, full = open, {"now": False}
+
+    class NoRoom:  # a file on a disk with no room left
+        def __init__(self, handle):
+            self.handle = handle
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    def opened(path, mode="r", *args, **kwargs):  # atomic writes open their temp file with "xb"
+        handle = real_open(path, mode, *args, **kwargs)
+        return NoRoom(handle) if full["now"] and "x" in mode else handle
+
+    monkeypatch.setattr(io_module, "open", opened, raising=False)
+    config = base_config(world, loop=replace(base_config(world).loop, steps=6, checkpoint_every=3))
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError) as info:
+        train_base(config, run, on_event=lambda e: full.update(now=True) if isinstance(e, Checkpointed) else None)
+    message = str(info.value)
+    assert "takes no more files (No space left on device): the run stopped" in message
+    assert f"{run / 'last.pt'} holds the finite weights of step 3" in message and "go on with --resume" in message
+    assert load_state(run / "last.pt").step == 3 and not list(run.glob(".*.part*"))
+
+    full["now"] = False
+    assert train_base(config, run, resume=True).steps == 6 and load_state(run / "last.pt").step == 6
 
 
 def test_resume_refuses_a_checkpoint_with_non_finite_weights(world: Path, tmp_path: Path):
