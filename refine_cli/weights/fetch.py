@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import refine_cli
 from refine_cli.errors import ChecksumError, DownloadError
+from refine_cli.io import refused_for_good
 from refine_cli.weights.catalog import remote_file
 from refine_cli.weights.locations import CACHE, downloads_dir, record_file
 
@@ -141,6 +142,12 @@ def _stream(url: str, part: Path, *, progress: Progress | None, chunk_bytes: int
                     if progress:
                         progress(done, total)
             except (OSError, http.client.HTTPException) as exc:
+                refused = refused_for_good(exc)
+                if refused is not None:  # the disk, not the network
+                    raise DownloadError(
+                        f"{part.parent} takes no more of {url.rsplit('/', 1)[-1]} ({refused.strerror}); make room "
+                        f"and run the same command again to resume"
+                    ) from None
                 f.flush()
                 raise DownloadError(_broke_off(url, done, total, exc)) from None
             f.flush()

@@ -3,7 +3,9 @@ connection, a server that ignores Range, corrupted bytes, HTTP errors. Never tou
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import importlib
 import json
 import re
 import socket
@@ -123,6 +125,44 @@ def test_dropped_connection_leaves_part_then_resumes_with_range(server, remote, 
     assert path.read_bytes() == PAYLOAD
     assert server.requests[-1] == ("trunk-abc.pth", f"bytes={kept}-")
     assert not part.exists()
+
+
+def test_a_full_disk_says_so_and_the_next_run_resumes(server, remote, tmp_path, monkeypatch):
+    """The disk, not the network, stops the download: the error says to make room, what was written is kept, and
+    the next run resumes from it."""
+    real_open, room = open, {"bytes": 40_000}
+
+    class Disk:  # a file on a disk with `room` bytes left
+        def __init__(self, handle):
+            self.handle = handle
+
+        def write(self, data):
+            if len(data) > room["bytes"]:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            room["bytes"] -= len(data)
+            return self.handle.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    fetch_module = importlib.import_module("refine_cli.weights.fetch")
+    monkeypatch.setattr(fetch_module, "open", lambda *a, **k: Disk(real_open(*a, **k)), raising=False)
+    dest = tmp_path / "downloads" / "trunk-abc.pth"
+    with pytest.raises(DownloadError, match=r"downloads takes no more of trunk-abc\.pth \(No space left on device\); "
+                                            r"make room and run the same command again to resume"):
+        download(remote.url, dest, sha256=remote.sha256, chunk_bytes=8192)
+    kept = (tmp_path / "downloads" / "trunk-abc.pth.part").stat().st_size
+    assert 0 < kept <= 40_000 and not dest.exists()
+
+    room["bytes"] = len(PAYLOAD)
+    assert download(remote.url, dest, sha256=remote.sha256, chunk_bytes=8192).read_bytes() == PAYLOAD
+    assert server.requests[-1] == ("trunk-abc.pth", f"bytes={kept}-")
 
 
 def test_server_ignoring_range_restarts_from_zero(server, remote, tmp_path):
