@@ -7,6 +7,8 @@ command itself, such as a name, path, split or folder that does not exist or can
 
 from __future__ import annotations
 
+import errno
+
 
 class RefineError(Exception):
     """Base of every error refine-cli raises on purpose."""
@@ -73,3 +75,18 @@ class DivergedError(TrainingError):
     def __init__(self, message: str, step: int) -> None:
         super().__init__(message)
         self.step = step
+
+
+# Writes refused for good: every later write to the same place fails too (disk full, quota spent, read-only).
+REFUSED_FOR_GOOD = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def refused_for_good(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc` (itself, or what it was raised from or during) when its errno is one of
+    REFUSED_FOR_GOOD; else None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in REFUSED_FOR_GOOD:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -344,21 +344,6 @@ def atomic_write(path: str | Path, writer: Callable[[BinaryIO], None], *, durabl
             os.fsync(handle.fileno())
 
 
-# Writes refused for good: every later write to the same place fails too (disk full, quota spent, read-only).
-REFUSED_FOR_GOOD = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-
-
-def refused_for_good(exc: BaseException) -> OSError | None:
-    """The OSError behind `exc` (itself, or what it was raised from or during) when its errno is one of
-    REFUSED_FOR_GOOD; else None."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in REFUSED_FOR_GOOD:
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 def os_reason(exc: OSError) -> str:
     """Why a write failed, in words (errno names are for programmers)."""
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

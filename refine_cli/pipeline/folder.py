@@ -27,7 +27,7 @@ except ImportError:  # Windows: no advisory locks, so two runs on one folder are
 
 from refine_cli import io
 from refine_cli.config import PipelineConfig
-from refine_cli.errors import RefineError, UsageError
+from refine_cli.errors import RefineError, UsageError, refused_for_good
 from refine_cli.pipeline.engine import StageTimes
 from refine_cli.pipeline.stream import Failure, Job, RefineResult
 
@@ -299,7 +299,7 @@ def run_folder(
     claim: hold `out_dir` while running (`claim_output_folder`); False where the caller holds it for several
     processes. Ctrl-C (KeyboardInterrupt) lets the writes already started finish and yields their events before it
     is raised again; after a Ctrl-C outside the generator, `drain_interrupted` collects them. A write refused for
-    good (`io.refused_for_good`: disk full, quota, read-only) ends the run the same way, with OutputsBlocked raised."""
+    good (`refused_for_good`: disk full, quota, read-only) ends the run the same way, with OutputsBlocked raised."""
     with claim_output_folder(out_dir) if claim else contextlib.nullcontext():
         yield from _run_folder(items, out_dir, options=options, palette=palette, refine=refine, masks_dir=masks_dir,
                                writers=writers, backlog=backlog, times=times)
@@ -354,7 +354,7 @@ def _run_folder(
             event = FileEvent("done", result.path, result.relative, outputs=planned[result.path])
         except (RefineError, OSError) as exc:
             event = FileEvent("failed", result.path, result.relative, f"could not write outputs: {exc}")
-            cause = io.refused_for_good(exc)
+            cause = refused_for_good(exc)
             if cause is not None:
                 blocked.append(cause)
         inflight.popleft()

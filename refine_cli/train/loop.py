@@ -25,11 +25,11 @@ import torch
 from torch import nn
 
 import refine_cli
-from refine_cli import distributed, io
+from refine_cli import distributed
 from refine_cli.config import Amp, Optimizer
 from refine_cli.device import cpu_name, describe
 from refine_cli.distributed import DistInfo
-from refine_cli.errors import DivergedError, TrainingError, UsageError
+from refine_cli.errors import DivergedError, TrainingError, UsageError, refused_for_good
 from refine_cli.models.contract import ReportsScalars
 from refine_cli.train.curve import draw_curve
 from refine_cli.train.events import Checkpointed, Evaluated, Event, EventFn, Finished, Note, Started, StepLogged
@@ -336,7 +336,7 @@ class _Run:
         try:
             return self._train()
         except Exception as exc:
-            cause = io.refused_for_good(exc)
+            cause = refused_for_good(exc)
             if cause is None:
                 raise
             then = "run the same command again" if self.saved_step is None else "go on with --resume"

@@ -16,8 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import refine_cli
-from refine_cli.errors import ChecksumError, DownloadError
-from refine_cli.io import refused_for_good
+from refine_cli.errors import ChecksumError, DownloadError, refused_for_good
 from refine_cli.weights.catalog import remote_file
 from refine_cli.weights.locations import CACHE, downloads_dir, record_file
 
