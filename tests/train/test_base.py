@@ -3,7 +3,6 @@ stopped, stops cleanly on a non-finite loss, and refuses what it cannot do."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 from dataclasses import replace
@@ -23,6 +22,7 @@ from refine_cli.train import Checkpointed, StepLogged, TrainResult, load_state, 
 from refine_cli.train import base as base_module
 from refine_cli.train.common import freeze_for_stage
 from refine_cli.train.metrics_log import read_records
+from tests.disk import LimitedDisk
 from tests.train.conftest import TINY_BASE_ARCH, base_config
 
 
@@ -193,39 +193,18 @@ def test_a_full_disk_stops_training_saying_what_is_kept(world: Path, tmp_path: P
     """The disk fills up after the first checkpoint: torch.save's own error for the failed write ("unexpected pos",
     raised during the disk's), stops the run with one message naming the checkpoint kept, and --resume, given room,
     finishes it."""
-    real_open, full = open, {"now": False}
-
-    class NoRoom:  # a file on a disk with no room left
-        def __init__(self, handle):
-            self.handle = handle
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, name):
-            return getattr(self.handle, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.handle.close()
-
-    def opened(path, mode="r", *args, **kwargs):  # atomic writes open their temp file with "xb"
-        handle = real_open(path, mode, *args, **kwargs)
-        return NoRoom(handle) if full["now"] and "x" in mode else handle
-
-    monkeypatch.setattr(io_module, "open", opened, raising=False)
+    disk = LimitedDisk(room=1 << 40)  # atomic writes open their temp file through refine_cli.io
+    monkeypatch.setattr(io_module, "open", disk.open, raising=False)
     config = base_config(world, loop=replace(base_config(world).loop, steps=6, checkpoint_every=3))
     run = tmp_path / "run"
     with pytest.raises(TrainingError) as info:
-        train_base(config, run, on_event=lambda e: full.update(now=True) if isinstance(e, Checkpointed) else None)
+        train_base(config, run, on_event=lambda e: setattr(disk, "room", 0) if isinstance(e, Checkpointed) else None)
     message = str(info.value)
     assert "takes no more files (No space left on device): the run stopped" in message
     assert f"{run / 'last.pt'} holds the finite weights of step 3" in message and "go on with --resume" in message
     assert load_state(run / "last.pt").step == 3 and not list(run.glob(".*.part*"))
 
-    full["now"] = False
+    disk.room = 1 << 40
     assert train_base(config, run, resume=True).steps == 6 and load_state(run / "last.pt").step == 6
 
 

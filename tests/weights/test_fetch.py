@@ -3,7 +3,6 @@ connection, a server that ignores Range, corrupted bytes, HTTP errors. Never tou
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import importlib
 import json
@@ -18,6 +17,7 @@ import pytest
 from refine_cli.errors import ChecksumError, DownloadError
 from refine_cli.weights import catalog, download, fetch, trunk_path
 from refine_cli.weights.catalog import RemoteFile
+from tests.disk import LimitedDisk
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -130,29 +130,8 @@ def test_dropped_connection_leaves_part_then_resumes_with_range(server, remote, 
 def test_a_full_disk_says_so_and_the_next_run_resumes(server, remote, tmp_path, monkeypatch):
     """The disk, not the network, stops the download: the error says to make room, what was written is kept, and
     the next run resumes from it."""
-    real_open, room = open, {"bytes": 40_000}
-
-    class Disk:  # a file on a disk with `room` bytes left
-        def __init__(self, handle):
-            self.handle = handle
-
-        def write(self, data):
-            if len(data) > room["bytes"]:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            room["bytes"] -= len(data)
-            return self.handle.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.handle, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.handle.close()
-
-    fetch_module = importlib.import_module("refine_cli.weights.fetch")
-    monkeypatch.setattr(fetch_module, "open", lambda *a, **k: Disk(real_open(*a, **k)), raising=False)
+    disk = LimitedDisk(room=40_000)
+    monkeypatch.setattr(importlib.import_module("refine_cli.weights.fetch"), "open", disk.open, raising=False)
     dest = tmp_path / "downloads" / "trunk-abc.pth"
     with pytest.raises(DownloadError, match=r"downloads takes no more of trunk-abc\.pth \(No space left on device\); "
                                             r"make room and run the same command again to resume"):
@@ -160,7 +139,7 @@ def test_a_full_disk_says_so_and_the_next_run_resumes(server, remote, tmp_path, 
     kept = (tmp_path / "downloads" / "trunk-abc.pth.part").stat().st_size
     assert 0 < kept <= 40_000 and not dest.exists()
 
-    room["bytes"] = len(PAYLOAD)
+    disk.room = len(PAYLOAD)
     assert download(remote.url, dest, sha256=remote.sha256, chunk_bytes=8192).read_bytes() == PAYLOAD
     assert server.requests[-1] == ("trunk-abc.pth", f"bytes={kept}-")
 
