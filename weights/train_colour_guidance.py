@@ -13,7 +13,7 @@ Training pairs (the val splits are never read):
   coarsened like a stride-8 and a stride-16 network's (`refine-cli data coarsen`, enlarged as blocks and bilinearly:
   blocky masks and smooth but accurate ones), perturbed once (`refine_cli.data.perturb`: warped, grown or shrunk,
   holes and blobs, blurred), and the bundled ESPNetv2-VOC's foreground.
-A crop comes from CamVid with probability 0.55, else from DAVIS. Each step averages the loss over 4 random 224 px
+A crop comes from CamVid with probability 0.55 (`--street-share`), else from DAVIS. Each step averages the loss over 4 random 224 px
 crops (flipped half the time) refined by the whole `spn_colour` with the guidance in its gates, its other settings
 fixed. The loss is the negative log-likelihood of the true class,
 clipped at 3 (a pixel the coarse map is confidently wrong about, which no propagation can fix, would otherwise
@@ -50,7 +50,6 @@ from bundle_colour import CHOSEN, NAME, write  # noqa: E402
 
 CAMVID_BASES = ("espnet_camvid", "camvid_fcn8s_compact", "camvid_deeplab_largefov_compact")
 PROXY_BASE, PROXY_SCALE = "espnet_camvid", 0.35
-STREET_SHARE = 0.55  # of the crops drawn from CamVid, the rest from DAVIS
 
 
 def scaled_down_and_back(images: torch.Tensor, factor: float) -> torch.Tensor:
@@ -136,6 +135,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--band", type=int, default=8)
     parser.add_argument("--clip", type=float, default=3.0)
+    parser.add_argument("--street-share", type=float, default=0.55, help="the share of crops drawn from CamVid (the "
+                        "rest from DAVIS)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -169,7 +170,7 @@ def main() -> None:
         optimiser.zero_grad()
         losses = []
         while len(losses) < args.batch:
-            drawn = crop(rng.choice(streets if rng.random() < STREET_SHARE else objects), args.crop, rng)
+            drawn = crop(rng.choice(streets if rng.random() < args.street_share else objects), args.crop, rng)
             if drawn is None:
                 continue
             image, coarse, target = drawn
