@@ -13,9 +13,9 @@ Training pairs (the val splits are never read):
   coarsened like a stride-8 and a stride-16 network's (`refine-cli data coarsen`, enlarged as blocks and bilinearly:
   blocky masks and smooth but accurate ones), perturbed once (`refine_cli.data.perturb`: warped, grown or shrunk,
   holes and blobs, blurred), and the bundled ESPNetv2-VOC's foreground.
-A crop comes from CamVid with probability 0.55 (`--street-share`), else from DAVIS. Each step averages the loss over 4 random 224 px
-crops (flipped half the time) refined by the whole `spn_colour` with the guidance in its gates, its other settings
-fixed. The loss is the negative log-likelihood of the true class,
+A crop comes from CamVid with probability 0.55 (`--street-share`), else from DAVIS. Each step averages the loss
+over 4 random 224 px crops (flipped half the time) refined by the whole `spn_colour` with the guidance in its gates,
+its other settings fixed. The loss is the negative log-likelihood of the true class,
 clipped at 3 (a pixel the coarse map is confidently wrong about, which no propagation can fix, would otherwise
 teach the guidance to blur everything) and counted within 8 px of the coarse map's boundaries, where the refiner
 acts. Adam, learning rate 2e-3 on a cosine schedule.
