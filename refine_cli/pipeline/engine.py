@@ -170,6 +170,29 @@ def mask_classes(masks: torch.Tensor, num_classes: int | None) -> tuple[int, int
     return num_classes, (IGNORE_INDEX if num_classes <= IGNORE_INDEX else None)
 
 
+def present_labels(masks: torch.Tensor, num_classes: int, unknown: int | None
+                   ) -> tuple[torch.Tensor | None, torch.Tensor, int | None]:
+    """Coarse label maps renumbered 0..P-1 over the P labels they hold, when fewer than `num_classes`: a class no
+    pixel holds stays at probability 0 through the refiner, so only the present ones are propagated. A 16-bit mask of
+    instance ids (labels up to 65535) would otherwise make 65536 class maps: 45 GB at 480 x 360. Returns (the present
+    labels in order, or None when all are; the maps; the value meaning unknown in them)."""
+    known = masks != unknown if unknown is not None else torch.ones_like(masks, dtype=torch.bool)
+    present = torch.unique(masks[known])
+    if len(present) >= num_classes:
+        return None, masks, unknown
+    if len(present) == 0:  # nothing known: keep one class, so the maps stay well formed
+        present = masks.new_zeros(1)
+    renumbered = torch.searchsorted(present, masks.masked_fill(~known, 0)).clamp_max_(len(present) - 1)
+    return present, renumbered.masked_fill_(~known, len(present)), len(present) if unknown is not None else None
+
+
+def _all_classes(scores: torch.Tensor, present: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, P, h, w) scores over the `present` labels -> (N, num_classes, h, w), 0 for the others."""
+    full = scores.new_zeros(scores.shape[0], num_classes, *scores.shape[2:])
+    full[:, present] = scores
+    return full
+
+
 def label_dtype(num_classes: int) -> type[np.unsignedinteger]:
     """The type of label maps of `num_classes` classes: uint8 up to 256, else uint16 (16-bit PNG masks)."""
     return np.uint8 if num_classes <= 256 else np.uint16
@@ -438,7 +461,8 @@ class Engine:
             k, unknown = mask_classes(m, num_classes)
             if work != (height, width):
                 m = F.interpolate(m[:, None].float(), size=work, mode="nearest-exact")[:, 0].long()
-            coarse = masks_to_probs(m, k, unknown=unknown, image=xw)
+            present, m, unknown = present_labels(m, k, unknown)
+            coarse = masks_to_probs(m, len(present) if present is not None else k, unknown=unknown, image=xw)
         else:
             with self._timed("base"):
                 coarse = self.base_probs(xw)
@@ -456,8 +480,13 @@ class Engine:
             scores = coarse
         labels = [class_map_at(p, size) for p, size in zip(scores, sizes)]
         if masks is not None:
-            given = masks.cpu().numpy().astype(label_dtype(scores.shape[1]))
+            given = masks.cpu().numpy().astype(label_dtype(k))
             coarse_labels = [io.resize_labels(g, size) for g, size in zip(given, sizes)]
+            if present is not None:  # back to the masks' own labels, and probabilities over all k classes
+                back = present.cpu().numpy().astype(label_dtype(k))
+                labels = [back[c] for c in labels]
+                scores, coarse = (_all_classes(t, present, k) if want else t
+                                  for t, want in ((scores, want_probs), (coarse, want_coarse_probs)))
         else:
             coarse_labels = [class_map_at(c, size) for c, size in zip(coarse, sizes)]
         self.times.images += n

@@ -203,3 +203,42 @@ def test_given_probabilities_run_like_the_masks_they_encode(nets):
         masks_only.engine.run(images, torch.from_numpy(mask), coarse_probs=masks_to_probs(torch.from_numpy(mask), 3))
     with pytest.raises(UsageError, match=r"\(N, K, H, W\)"):
         masks_only.engine.run(images, coarse_probs=torch.full((1, 3, 40, 43), 1 / 3))
+
+
+def test_masks_holding_few_of_many_labels_are_refined_over_those_alone(nets, monkeypatch):
+    """A 16-bit mask of instance ids (0, 700, 60000) is refined over its three labels, not 60001 class maps, and gives
+    what the same mask numbered 0, 1, 2 gives; probabilities asked for still cover every class, 0 where absent."""
+    from refine_cli.pipeline import engine as engine_module
+    from refine_cli.pipeline.engine import stack_images
+
+    masks_only = Refiner(base=None, refiner=nets["refiner"], device="cpu")
+    small = np.zeros((1, 40, 44), np.int64)
+    small[0, 8:30, 5:25] = 1
+    small[0, 20:36, 18:40] = 2
+    ids = np.array([0, 700, 60000])[small]
+    images = stack_images([_image(40, 44, 3)], pin=False)
+    planes, real = [], engine_module.masks_to_probs
+    monkeypatch.setattr(engine_module, "masks_to_probs", lambda m, k, **kw: planes.append(k) or real(m, k, **kw))
+    by_ids = masks_only.engine.run(images, torch.from_numpy(ids))
+    by_small = masks_only.engine.run(images, torch.from_numpy(small))
+    assert planes == [3, 3]
+    np.testing.assert_array_equal(by_ids.labels[0], np.array([0, 700, 60000])[by_small.labels[0]])
+    np.testing.assert_array_equal(by_ids.coarse[0], ids[0])
+
+    two_of_four = masks_only.engine.run(images, torch.from_numpy(2 * (small > 0)), num_classes=4, want_probs=True)
+    two = masks_only.engine.run(images, torch.from_numpy((small > 0).astype(np.int64)), want_probs=True)
+    np.testing.assert_array_equal(two_of_four.labels[0], 2 * two.labels[0])
+    probs = two_of_four.probs[0]
+    assert probs.shape[0] == 4 and not probs[1].any() and not probs[3].any()
+    np.testing.assert_array_equal(probs[[0, 2]], two.probs[0])
+
+
+def test_present_labels_renumbers_the_known_ones_and_keeps_unknown_apart():
+    from refine_cli.pipeline.engine import present_labels
+
+    masks = torch.tensor([[[0, 255], [7, 7]]])
+    present, renumbered, unknown = present_labels(masks, 8, 255)
+    assert present.tolist() == [0, 7] and renumbered.tolist() == [[[0, 2], [1, 1]]] and unknown == 2
+    assert present_labels(torch.tensor([[[0, 1], [2, 1]]]), 3, 255)[0] is None  # every class present: as given
+    present, renumbered, unknown = present_labels(torch.tensor([[[300, 5]]]), 301, None)
+    assert present.tolist() == [5, 300] and renumbered.tolist() == [[[1, 0]]] and unknown is None
