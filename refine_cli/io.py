@@ -262,6 +262,9 @@ def list_inputs(
             lister.glob(root, Path(text).parts[len(root.parts):], root)
             if (len(lister.found), len(lister.unreadable)) == before:
                 raise UsageError(f"no images match '{text}' (looked for {', '.join(suffixes)}{lister.summary()})")
+        elif path.exists():  # a pipe, socket or device: reading one may never end
+            raise UsageError(f"input '{text}' is not a regular file (a pipe, socket or device); give an image file, "
+                             "a folder or a glob pattern")
         else:
             raise UsageError(f"input '{text}' does not exist; give an image file, a folder or a glob pattern")
 

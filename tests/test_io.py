@@ -57,8 +57,12 @@ def test_list_inputs_files_folders_globs(tmp_path: Path) -> None:
 
 
 def test_list_inputs_errors(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="missing.png"):
+    with pytest.raises(UsageError, match="missing.png' does not exist"):
         io.list_inputs([tmp_path / "missing.png"])
+    if hasattr(os, "mkfifo"):  # named as an input, a pipe is refused by what it is: reading it could wait forever
+        os.mkfifo(tmp_path / "pipe.png")
+        with pytest.raises(UsageError, match=r"pipe.png' is not a regular file \(a pipe, socket or device\)"):
+            io.list_inputs([tmp_path / "pipe.png"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="holds no images"):
         io.list_inputs([tmp_path / "empty"])
