@@ -178,10 +178,11 @@ def present_labels(masks: torch.Tensor, num_classes: int, unknown: int | None
     labels in order, or None when all are; the maps; the value meaning unknown in them)."""
     known = masks != unknown if unknown is not None else torch.ones_like(masks, dtype=torch.bool)
     present = torch.unique(masks[known])
+    if len(present) < 2:  # two maps at least, as `mask_classes` keeps: no refiner is asked to split a single class
+        spare = [v for v in (0, 1) if v not in present.tolist()][: 2 - len(present)]
+        present = torch.unique(torch.cat([present, masks.new_tensor(spare)]))
     if len(present) >= num_classes:
         return None, masks, unknown
-    if len(present) == 0:  # nothing known: keep one class, so the maps stay well formed
-        present = masks.new_zeros(1)
     renumbered = torch.searchsorted(present, masks.masked_fill(~known, 0)).clamp_max_(len(present) - 1)
     return present, renumbered.masked_fill_(~known, len(present)), len(present) if unknown is not None else None
 

@@ -242,3 +242,6 @@ def test_present_labels_renumbers_the_known_ones_and_keeps_unknown_apart():
     assert present_labels(torch.tensor([[[0, 1], [2, 1]]]), 3, 255)[0] is None  # every class present: as given
     present, renumbered, unknown = present_labels(torch.tensor([[[300, 5]]]), 301, None)
     assert present.tolist() == [5, 300] and renumbered.tolist() == [[[1, 0]]] and unknown is None
+    # Two maps at least, as for masks given whole: one label among many keeps a second, absent one beside it.
+    assert present_labels(torch.tensor([[[60000, 60000]]]), 60001, None)[0].tolist() == [0, 60000]
+    assert present_labels(torch.tensor([[[255, 255]]]), 2, 255)[0] is None  # nothing known: the two classes as given
