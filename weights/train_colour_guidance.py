@@ -13,7 +13,7 @@ Training pairs (the val splits are never read):
   coarsened like a stride-8 and a stride-16 network's (`refine-cli data coarsen`, enlarged as blocks and bilinearly:
   blocky masks and smooth but accurate ones), perturbed once (`refine_cli.data.perturb`: warped, grown or shrunk,
   holes and blobs, blurred), and the bundled ESPNetv2-VOC's foreground.
-A crop comes from CamVid with probability 0.55 (`--street-share`), else from DAVIS. Each step averages the loss
+A crop comes from CamVid with probability 0.75 (`--street-share`), else from DAVIS. Each step averages the loss
 over 4 random 224 px crops (flipped half the time) refined by the whole `spn_colour` with the guidance in its gates,
 its other settings fixed. The loss is the negative log-likelihood of the true class,
 clipped at 3 (a pixel the coarse map is confidently wrong about, which no propagation can fix, would otherwise
@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--band", type=int, default=8)
     parser.add_argument("--clip", type=float, default=3.0)
-    parser.add_argument("--street-share", type=float, default=0.55, help="the share of crops drawn from CamVid (the "
+    parser.add_argument("--street-share", type=float, default=0.75, help="the share of crops drawn from CamVid (the "
                         "rest from DAVIS)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -192,7 +192,7 @@ def main() -> None:
     path = write(args.out, settings, state=model.state_dict(), learnt={
         "trained_by": "weights/train_colour_guidance.py",
         "trained_on": "CamVid train (three real bases) and the DAVIS train sequences",
-        "steps": args.steps, "seed": args.seed})
+        "steps": args.steps, "seed": args.seed, "street_share": args.street_share})
     weights.record_file(path)
     print(f"wrote {path}")
 
