@@ -485,7 +485,7 @@ def _opened(
         factor = min(decoded.height // target[0], decoded.width // target[1])
         if factor >= 2:
             decoded = _reducible(decoded).reduce(factor)
-        yield ImageOps.exif_transpose(decoded), file_format, full
+        yield ImageOps.exif_transpose(decoded), file_format, full, turned
 
 
 def _scale_16bit(values: np.ndarray) -> np.ndarray:
@@ -575,10 +575,22 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 class ScaledImage(NamedTuple):
-    """An image decoded at the size the networks run at, and its full (height, width) as displayed."""
+    """An image decoded at the size the networks run at, its full (height, width) as displayed, and whether its EXIF
+    orientation turned it a quarter (displayed with its stored width and height swapped)."""
 
     rgb: np.ndarray
     full_size: tuple[int, int]
+    turned: bool = False
+
+
+def turned_hint(mask_shape: tuple[int, ...], image: ScaledImage) -> str:
+    """The end of a mask-size error: where the mask has the stored size of an image its EXIF orientation turns a
+    quarter, say so (other tools often read the stored pixels and ignore the orientation)."""
+    height, width = image.full_size
+    if image.turned and tuple(mask_shape) == (width, height):
+        return ("; the image's EXIF orientation turns it a quarter, and the mask has its stored, unturned size: turn "
+                "the mask as the image is displayed")
+    return ""
 
 
 def read_image(
@@ -614,9 +626,9 @@ def read_image_scaled(
     scaled down (see `_opened`: a JPEG's full-size pixels never exist, other formats hold theirs only in the
     file's own pixel format), with its full size beside it."""
     path = Path(path)
-    with _decoding(path, "image"), _opened(path, "image", max_pixels, fit=max_side) as (img, _, full):
+    with _decoding(path, "image"), _opened(path, "image", max_pixels, fit=max_side) as (img, _, full, turned):
         rgb = _pil_to_rgb(img, f"image '{path}'", background)
-    return ScaledImage(resize_rgb(rgb, working_size(*full, max_side)), full)
+    return ScaledImage(resize_rgb(rgb, working_size(*full, max_side)), full, turned)
 
 
 def mask_palette_from_file(path: str | Path) -> list[tuple[int, int, int]] | None:
@@ -782,7 +794,7 @@ def read_mask(
     (`mask_labels`). EXIF orientation, if the mask file carries one, is applied as for images.
     """
     path = Path(path)
-    with _decoding(path, "mask"), _opened(path, "mask", max_pixels) as (img, file_format, _):
+    with _decoding(path, "mask"), _opened(path, "mask", max_pixels) as (img, file_format, _, _):
         return _mask_image_labels(img, what=f"mask '{path}'", lossy=file_format in LOSSY_MASK_FORMATS,
                                   num_classes=num_classes, palette=palette, ignore_index=ignore_index)
 

@@ -147,15 +147,16 @@ class Refiner:
         classes (default: from the mask). The labels come back at the image's size; an image whose long side
         exceeds `max_side` runs scaled down, and `result.image` and the probabilities are at that working size."""
         if isinstance(image, (str, PathLike)):
-            rgb, full = io.read_image_scaled(image, self.engine.max_side, max_pixels=self.engine.max_pixels)
+            scaled = io.read_image_scaled(image, self.engine.max_side, max_pixels=self.engine.max_pixels)
         else:
             whole = _as_rgb(image)
-            full = whole.shape[:2]
-            rgb = io.resize_rgb(whole, io.working_size(*full, self.engine.max_side))
+            scaled = io.ScaledImage(io.resize_rgb(whole, io.working_size(*whole.shape[:2], self.engine.max_side)),
+                                    whole.shape[:2])
+        rgb, full = scaled.rgb, scaled.full_size
         labels = None if mask is None else _as_labels(mask, num_classes, self.engine.max_pixels)
         if labels is not None and labels.shape != full:
             raise InputError(f"the mask is {labels.shape} but the image is {full} (height, width); a coarse mask must "
-                             "have its image's size")
+                             f"have its image's size{io.turned_hint(labels.shape, scaled)}")
         out = self.engine.run(
             stack_images([rgb], pin=False),
             None if labels is None else torch.from_numpy(io.resize_labels(labels, rgb.shape[:2]).astype(np.int32)[None]),

@@ -87,7 +87,8 @@ class _DecodeClock:
 
 def _decode(job: Job, num_classes: int | None, engine: Engine, clock: _DecodeClock) -> _Decoded:
     start = time.perf_counter()
-    image, full = io.read_image_scaled(job.path, engine.max_side, max_pixels=engine.max_pixels)
+    scaled = io.read_image_scaled(job.path, engine.max_side, max_pixels=engine.max_pixels)
+    image, full = scaled.rgb, scaled.full_size
     mask = small = None
     if job.mask_path is not None:
         mask = io.read_mask(job.mask_path, num_classes=num_classes, max_pixels=engine.max_pixels)
@@ -95,6 +96,7 @@ def _decode(job: Job, num_classes: int | None, engine: Engine, clock: _DecodeClo
             raise InputError(
                 f"{job.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} (width x height) but its image "
                 f"{job.path.name} is {full[1]}x{full[0]}; a coarse mask must have its image's size"
+                f"{io.turned_hint(mask.shape, scaled)}"
             )
         small = io.resize_labels(mask, image.shape[:2]).astype(np.int32)
     clock.add(time.perf_counter() - start)

@@ -135,6 +135,28 @@ def test_coarse_masks_binary_and_multiclass(nets, tmp_path: Path):
     assert set(np.unique(np.asarray(Image.open(out / "masks" / "multi.png")))) <= {0, 1, 2}
 
 
+def test_a_mask_of_an_exif_turned_photo_is_taken_as_displayed_and_a_stored_size_mask_is_explained(nets, tmp_path: Path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for name in ("shown", "stored"):
+        _exif_rotated(images / f"{name}.jpg")  # stored 30 wide x 20 high, displayed 20 wide x 30 high
+    Image.fromarray(_rgb(30, 20, 8)).save(images / "plain.jpg")  # 20 wide x 30 high, no orientation
+    shown = np.zeros((30, 20), np.uint8)
+    shown[5:25, 4:12] = 1
+    Image.fromarray(shown).save(masks / "shown.png")
+    Image.fromarray(np.ascontiguousarray(shown.T)).save(masks / "stored.png")  # the stored pixels' size
+    Image.fromarray(np.ascontiguousarray(shown.T)).save(masks / "plain.png")  # transposed, but no EXIF to blame
+    code, summary = refine(str(images), "--masks", str(masks), "--out", str(tmp_path / "out"), "--refiner",
+                           str(nets["refiner"]), "--num-classes", "2")
+    assert code == 1 and summary["processed"] == 1 and summary["failed"] == 2, summary
+    assert Image.open(tmp_path / "out" / "masks" / "shown.png").size == (20, 30)
+    reasons = {Path(f["path"]).stem: f["reason"] for f in summary["failures"]}
+    assert "mask is 30x20 (width x height) but its image stored.jpg is 20x30" in reasons["stored"]
+    assert "EXIF orientation turns it a quarter" in reasons["stored"] and "\n" not in reasons["stored"]
+    assert "mask is 30x20" in reasons["plain"] and "EXIF" not in reasons["plain"]
+
+
 def test_usage_errors_exit_2(nets, tmp_path: Path):
     missing = runner.invoke(app, ["refine", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert missing.exit_code == 2 and "does not exist" in missing.output

@@ -114,7 +114,7 @@ def test_large_images_decode_scaled_down_and_masks_come_back_full_size(nets, tmp
     root = tmp_path / "in"
     root.mkdir()
     _large(root / name, 1000, 700, mode)
-    decoded, full = io.read_image_scaled(root / name, 128)
+    decoded, full, _ = io.read_image_scaled(root / name, 128)
     assert decoded.shape == (90, 128, 3) and full == (700, 1000)
     if mode != "I;16":  # the colours survive the scaled decode (grey 16-bit: their grey level)
         assert np.abs(decoded[45, 10].astype(int) - (40, 90, 160)).max() <= 8

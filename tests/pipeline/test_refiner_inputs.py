@@ -184,6 +184,19 @@ def test_python_api_errors_are_clear_and_in_numpy_order(refiner: Refiner, masks_
                                   refiner.refine(_image(20, 30)).labels)
 
 
+def test_a_stored_size_mask_of_an_exif_turned_file_is_explained(masks_only: Refiner, tmp_path: Path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(_image(20, 30)).save(tmp_path / "turned.jpg", exif=exif)  # displayed 20 wide x 30 high
+    shown = np.zeros((30, 20), np.int64)
+    shown[5:25, 4:12] = 1
+    assert masks_only.refine(tmp_path / "turned.jpg", shown).labels.shape == (30, 20)
+    with pytest.raises(InputError, match=r"mask is \(20, 30\) but the image is \(30, 20\) .*EXIF orientation"):
+        masks_only.refine(tmp_path / "turned.jpg", np.ascontiguousarray(shown.T))
+    with pytest.raises(InputError, match=r"have its image's size$"):  # an array has no orientation to blame
+        masks_only.refine(_image(30, 20), np.ascontiguousarray(shown.T))
+
+
 def test_mask_rule_rejects_what_no_file_could_hold():
     with pytest.raises(InputError, match="labels above 65535"):
         io.mask_labels(np.full((4, 4), 1 << 20))
