@@ -94,6 +94,7 @@ def _run(
     with heavy_imports():
         from refine_cli import io
         from refine_cli.pipeline import FolderOptions, FolderSummary, Refiner, output_folders
+        from refine_cli.pipeline.folder import refuse_masks_among_outputs
         from refine_cli import distributed
         from refine_cli.pipeline.distributed import claim_for_run, gather_summaries
     view: Console = err_console if json_out == "-" else console
@@ -104,6 +105,8 @@ def _run(
         json_path = None if json_out in (None, "-") else io.check_writable_file(json_out, "--json")
         try:
             listing = io.list_inputs(inputs, exclude=output_folders(out))
+            if masks is not None:  # before the networks load: refused at once
+                refuse_masks_among_outputs(masks, out)
             with claim_for_run(out, info, "--out"):
                 try:
                     model = Refiner(

@@ -171,6 +171,19 @@ def output_folders(out_dir: Path) -> dict[Path, str]:
     return {out_dir / name: "output folder" for name in ("masks", "overlays", "probs", "coarse")}
 
 
+def refuse_masks_among_outputs(masks_dir: Path, out_dir: Path) -> None:
+    """A UsageError where the coarse masks' folder is, or lies inside, a folder the run writes: with `--overwrite`
+    the refined masks would replace the coarse ones being read (the user's input, gone), without it every file would
+    read as already done."""
+    masks = masks_dir.resolve()
+    for folder in output_folders(out_dir):
+        folder = folder.resolve()
+        if masks == folder or folder in masks.parents:
+            where = "is" if masks == folder else "lies inside"
+            raise UsageError(f"--masks {masks_dir} {where} the output folder {folder}, where this run writes its "
+                             "results: it would overwrite the coarse masks it reads; choose another --out")
+
+
 def find_mask(masks_dir: Path, relative: PurePosixPath) -> Path | None:
     """The coarse mask for an input: same relative folder and stem under `masks_dir`, any image suffix
     (PNG first)."""
@@ -300,6 +313,8 @@ def run_folder(
     processes. Ctrl-C (KeyboardInterrupt) lets the writes already started finish and yields their events before it
     is raised again; after a Ctrl-C outside the generator, `drain_interrupted` collects them. A write refused for
     good (`refused_for_good`: disk full, quota, read-only) ends the run the same way, with OutputsBlocked raised."""
+    if masks_dir is not None:
+        refuse_masks_among_outputs(masks_dir, out_dir)
     with claim_output_folder(out_dir) if claim else contextlib.nullcontext():
         yield from _run_folder(items, out_dir, options=options, palette=palette, refine=refine, masks_dir=masks_dir,
                                writers=writers, backlog=backlog, times=times)

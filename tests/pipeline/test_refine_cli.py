@@ -157,6 +157,26 @@ def test_a_mask_of_an_exif_turned_photo_is_taken_as_displayed_and_a_stored_size_
     assert "mask is 30x20" in reasons["plain"] and "EXIF" not in reasons["plain"]
 
 
+@pytest.mark.parametrize("inside", ["masks", "masks/sub", "coarse"])
+def test_coarse_masks_inside_an_output_folder_are_refused_and_kept(nets, tmp_path: Path, inside: str):
+    images, out = tmp_path / "images", tmp_path / "out"
+    masks = out / inside
+    images.mkdir()
+    masks.mkdir(parents=True)
+    Image.fromarray(_rgb(24, 32, 1)).save(images / "a.jpg")
+    coarse = np.zeros((24, 32), np.uint8)
+    coarse[4:20, 6:20] = 1
+    Image.fromarray(coarse).save(masks / "a.png")
+    before = (masks / "a.png").read_bytes()
+    for extra in ((), ("--overwrite", "--save-coarse")):
+        result = runner.invoke(app, ["refine", str(images), "--masks", str(masks), "--out", str(out), "--refiner",
+                                     str(nets["refiner"]), "--num-classes", "2", *extra])
+        assert result.exit_code == 2, result.output
+        assert "would overwrite the coarse masks it reads" in result.output and "choose another --out" in result.output
+        assert (masks / "a.png").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == [inside.split("/")[0]]  # nothing written, nothing else made
+
+
 def test_usage_errors_exit_2(nets, tmp_path: Path):
     missing = runner.invoke(app, ["refine", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
