@@ -71,6 +71,18 @@ class CoarsenSummary:
     upsample: str = "bilinear"
 
 
+def _refuse_dataset_folders(dataset: SegmentationDataset, out: Path, targets: list[Path]) -> None:
+    """A DataError, before anything is written, where a coarse mask would land in (or below) a folder that holds the
+    dataset's own images or masks (`coarsen DATA DATA/masks --overwrite` would replace the ground truth it reads)."""
+    own = {path.parent.resolve() for pair in dataset.pairs for path in (pair.image, *pair.masks)}
+    for target in targets:
+        folder = target.parent.resolve()
+        held = next((held for held in (folder, *folder.parents) if held in own), None)
+        if held is not None:
+            raise DataError(f"{out}: {target} would be written into {held}, which holds the dataset's own files "
+                            "(its ground truth or images); choose a folder outside them")
+
+
 def coarsen_dataset(
     dataset: SegmentationDataset,
     out: str | Path,
@@ -91,13 +103,14 @@ def coarsen_dataset(
         raise DataError(f"{out} is not empty; choose a new folder or pass --overwrite")
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} is a file; give a folder to write the coarse masks into")
+    targets = [io.safe_output_path(out, dataset.relative_path(pair), ".png") for pair in dataset.pairs]
+    _refuse_dataset_folders(dataset, out, targets)
     start = time.perf_counter()
     total = len(dataset)
-    for done, pair in enumerate(dataset.pairs, start=1):
+    for done, (pair, target) in enumerate(zip(dataset.pairs, targets), start=1):
         if not pair.masks:
             raise DataError(f"'{pair.name}' has no mask to coarsen; run `refine-cli data check` and fix it")
         coarse = coarsen_labels(dataset.read_label(pair), dataset.num_classes, stride, upsample=upsample)
-        target = io.safe_output_path(out, dataset.relative_path(pair), ".png")
         if dataset.num_classes == 2 and not (coarse == IGNORE_INDEX).any():
             io.write_binary_mask(target, coarse)
         else:

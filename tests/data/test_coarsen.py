@@ -147,3 +147,18 @@ def test_cli_writes_multi_class_masks_as_palette_pngs(tmp_path: Path):
     expected = coarsen_labels(data.read_label(data.pairs[0]), 11, 8)
     np.testing.assert_array_equal(io.read_mask(tmp_path / "out" / "f1.png"), expected)
     assert (expected[:4] == 255).all() and (expected[8:] != 255).all()  # only pixels that see void cells alone
+
+
+@pytest.mark.parametrize("into", ["masks", "images", "masks/cows"])
+def test_cli_refuses_to_write_into_the_datasets_own_folders(tmp_path: Path, into: str):
+    _davis(tmp_path / "davis")
+    files = {path: path.read_bytes() for path in (tmp_path / "davis").rglob("*") if path.is_file()}
+    result = runner.invoke(app, ["data", "coarsen", str(tmp_path / "davis"), str(tmp_path / "davis" / into),
+                                 "--format", "davis", "--split", "all", "--stride", "8", "--overwrite"])
+    assert result.exit_code == 1, result.output
+    assert "holds the dataset's own files" in result.output and "choose a folder outside them" in result.output
+    assert {path: path.read_bytes() for path in (tmp_path / "davis").rglob("*") if path.is_file()} == files
+    # A new folder beside them inside the dataset's root is fine.
+    beside = runner.invoke(app, ["data", "coarsen", str(tmp_path / "davis"), str(tmp_path / "davis" / "coarse8"),
+                                 "--format", "davis", "--split", "all", "--stride", "8"])
+    assert beside.exit_code == 0, beside.output
