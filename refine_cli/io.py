@@ -308,8 +308,21 @@ def safe_output_path(out_dir: Path, relative: PurePosixPath, suffix: str) -> Pat
 # --------------------------------------------------------------------------------------------- atomic writes
 
 _TEMP_TOKEN_BYTES = 6
+NAME_MAX = 255  # bytes in one file name on ext4, XFS, Btrfs and APFS (NTFS counts 255 UTF-16 units)
 # The name `atomic_path` gives its temporary files: '.<stem>.<12 hex digits>.part<suffix>'.
 _TEMP_NAME = re.compile(rf"\..*\.[0-9a-f]{{{2 * _TEMP_TOKEN_BYTES}}}\.part(\.[^.]*)?")
+
+
+def temp_name(name: str) -> str:
+    """A new temporary name for a file called `name`: '.<stem>.<12 hex digits>.part<suffix>', the stem shortened
+    (whole characters) where the name would pass NAME_MAX bytes: a file whose own name fits must not fail for the
+    length of its temporary's."""
+    stem, suffix = os.path.splitext(name)
+    tail = f".{secrets.token_hex(_TEMP_TOKEN_BYTES)}.part{suffix}"
+    room = NAME_MAX - len(os.fsencode("." + tail))
+    while stem and len(os.fsencode(stem)) > room:
+        stem = stem[: max(0, min(len(stem) - 1, room))]
+    return f".{stem}{tail}"
 
 
 def is_temp_name(name: str) -> bool:
@@ -326,7 +339,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     Atomic against a crashing process, not against power loss (no fsync)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.part{path.suffix}")
+    tmp = path.with_name(temp_name(path.name))
     try:
         yield tmp
         if not tmp.exists():

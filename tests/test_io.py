@@ -409,3 +409,17 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     io.atomic_write(target, lambda handle: handle.write(b"new"))
     assert target.read_bytes() == b"new"
     assert [p.name for p in target.parent.iterdir()] == ["out.bin"]
+
+
+@pytest.mark.parametrize("stem", ["x" * 251, "é" * 125, "plain"])
+def test_atomic_write_of_a_name_near_the_length_limit(tmp_path: Path, stem: str) -> None:
+    """A file whose own name fits (255 bytes) is written, though its temporary name with the token and '.part'
+    would not fit unshortened; the temporary name is still recognised as one (stale ones are removed)."""
+    target = tmp_path / f"{stem}.png"
+    assert len(os.fsencode(target.name)) <= io.NAME_MAX
+    with io.atomic_path(target) as tmp:
+        assert len(os.fsencode(tmp.name)) <= io.NAME_MAX and io.is_temp_name(tmp.name)
+        assert tmp.suffix == ".png" and tmp.name.startswith("." + stem[:8])
+        tmp.write_bytes(b"data")
+    assert target.read_bytes() == b"data"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
