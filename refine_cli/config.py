@@ -212,7 +212,7 @@ class IOConfig:
         `overlay_boundary_px` wide for every 512 pixels of the shorter side, at least 1).
     """
 
-    image_suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+    image_suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
     max_image_pixels: int = 1 << 27
     alpha_background: tuple[int, int, int] = (255, 255, 255)
     overlay_alpha: float = 0.5

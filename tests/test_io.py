@@ -29,6 +29,19 @@ def _touch_png(path: Path) -> Path:
     return path
 
 
+def test_a_folder_gives_every_format_read_image_reads(tmp_path: Path) -> None:
+    """A GIF (first frame of an animation) or WebP in a folder is an image to refine, as it is when named directly;
+    only files of other suffixes are left out as not images."""
+    frames = [Image.fromarray(_rgb(6, 5)), Image.fromarray(_rgb(6, 5)[::-1])]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "photo.webp")
+    (tmp_path / "notes.txt").write_text("x")
+    listing = io.list_inputs([tmp_path])
+    assert [it.relative for it in listing.items] == [PurePosixPath("anim.gif"), PurePosixPath("photo.webp")]
+    assert listing.left_out == {"not an image": 1}
+    assert io.read_image(tmp_path / "anim.gif").shape == (6, 5, 3)
+
+
 def test_list_inputs_files_folders_globs(tmp_path: Path) -> None:
     root = tmp_path / "data"
     a = _touch_png(root / "a.png")
