@@ -320,8 +320,8 @@ def temp_name(name: str) -> str:
     stem, suffix = os.path.splitext(name)
     tail = f".{secrets.token_hex(_TEMP_TOKEN_BYTES)}.part{suffix}"
     room = NAME_MAX - len(os.fsencode("." + tail))
-    while stem and len(os.fsencode(stem)) > room:
-        stem = stem[: max(0, min(len(stem) - 1, room))]
+    while stem and len(os.fsencode(stem)) > room:  # whole characters off the end: the name stays valid UTF-8
+        stem = stem[:-1]
     return f".{stem}{tail}"
 
 
