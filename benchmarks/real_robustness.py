@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -89,20 +89,25 @@ class Score:
                 "coarse_bf": bf[0], "refined_bf": bf[1], "bf_gain": bf[1] - bf[0]}
 
 
+def photographs(dataset, step: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(condition name, photograph, its ground truth) for every step-th frame of `dataset` and every condition."""
+    for i in range(0, len(dataset), step):
+        sample = dataset[i]
+        rgb, truth = sample.image.permute(1, 2, 0).contiguous().numpy(), sample.label.numpy().astype(np.uint8)
+        for condition in CONDITIONS:
+            yield condition.name, condition.photo(rgb, i), scaled_labels(truth, condition.scale)
+
+
 def camvid_sets(real: Path, step: int, refiner: str) -> dict[str, dict[str, Score]]:
     dataset = open_dataset(real / "camvid", format="camvid", split="val")
     pipeline = Refiner(base="espnet_camvid", refiner=refiner, device="cpu")
     masks = Refiner(base=None, refiner=refiner, device="cpu")
     scores = {name: {c.name: Score(11) for c in CONDITIONS} for name in ("CamVid, ESPNet probs", "CamVid, ESPNet hard")}
-    for i in range(0, len(dataset), step):
-        sample = dataset[i]
-        rgb, truth = sample.image.permute(1, 2, 0).contiguous().numpy(), sample.label.numpy().astype(np.uint8)
-        for condition in CONDITIONS:
-            photo, gt = condition.photo(rgb, i), scaled_labels(truth, condition.scale)
-            result = pipeline.refine(photo)
-            scores["CamVid, ESPNet probs"][condition.name].add(result.coarse, result.labels, gt)
-            refined = masks.refine(photo, result.coarse, num_classes=11).labels
-            scores["CamVid, ESPNet hard"][condition.name].add(result.coarse, refined, gt)
+    for condition, photo, gt in photographs(dataset, step):
+        result = pipeline.refine(photo)
+        scores["CamVid, ESPNet probs"][condition].add(result.coarse, result.labels, gt)
+        refined = masks.refine(photo, result.coarse, num_classes=11).labels
+        scores["CamVid, ESPNet hard"][condition].add(result.coarse, refined, gt)
     return scores
 
 
@@ -112,17 +117,13 @@ def davis_sets(real: Path, step: int, refiner: str) -> dict[str, dict[str, Score
     masks = Refiner(base=None, refiner=refiner, device="cpu")
     names = ("DAVIS, ESPNetv2 probs (foreground)", "DAVIS, ESPNetv2 foreground hard", "DAVIS, stride-16 blocks")
     scores = {name: {c.name: Score(2) for c in CONDITIONS} for name in names}
-    for i in range(0, len(dataset), step):
-        sample = dataset[i]
-        rgb, truth = sample.image.permute(1, 2, 0).contiguous().numpy(), sample.label.numpy().astype(np.uint8)
-        for condition in CONDITIONS:
-            photo, gt = condition.photo(rgb, i), scaled_labels(truth, condition.scale)
-            result = pipeline.refine(photo)
-            coarse = (result.coarse != 0).astype(np.uint8)
-            scores[names[0]][condition.name].add(coarse, (result.labels != 0).astype(np.uint8), gt)
-            scores[names[1]][condition.name].add(coarse, masks.refine(photo, coarse, num_classes=2).labels, gt)
-            blocks = coarsen_labels(gt.astype(np.int64), 2, 16, upsample="nearest").astype(np.uint8)
-            scores[names[2]][condition.name].add(blocks, masks.refine(photo, blocks, num_classes=2).labels, gt)
+    for condition, photo, gt in photographs(dataset, step):
+        result = pipeline.refine(photo)
+        coarse = (result.coarse != 0).astype(np.uint8)
+        scores[names[0]][condition].add(coarse, (result.labels != 0).astype(np.uint8), gt)
+        scores[names[1]][condition].add(coarse, masks.refine(photo, coarse, num_classes=2).labels, gt)
+        blocks = coarsen_labels(gt.astype(np.int64), 2, 16, upsample="nearest").astype(np.uint8)
+        scores[names[2]][condition].add(blocks, masks.refine(photo, blocks, num_classes=2).labels, gt)
     return scores
 
 
