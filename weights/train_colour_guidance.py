@@ -58,7 +58,7 @@ def scaled_down_and_back(images: torch.Tensor, factor: float) -> torch.Tensor:
     return F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
 
 
-def training_pairs(real: Path) -> tuple[list, list]:
+def training_pairs(real: Path, proxy_every: int = 2) -> tuple[list, list]:
     """Street scenes and object videos: each a list of (image uint8 (3, H, W), coarse probabilities float16 (K, H, W),
     labels uint8 (H, W), may_be_hardened)."""
     pairs = []
@@ -68,7 +68,7 @@ def training_pairs(real: Path) -> tuple[list, list]:
         engine = Refiner(base=base, refiner=None, device="cpu").engine
         for j, sample in enumerate(frames):
             image = sample.image.float()[None] / 255
-            if base == PROXY_BASE and j % 2 == 0:
+            if base == PROXY_BASE and j % proxy_every == 0:
                 image = scaled_down_and_back(image, PROXY_SCALE)
             with torch.inference_mode():
                 probabilities = engine.base_probs(image)[0]
@@ -137,6 +137,8 @@ def main() -> None:
     parser.add_argument("--clip", type=float, default=3.0)
     parser.add_argument("--street-share", type=float, default=0.75, help="the share of crops drawn from CamVid (the "
                         "rest from DAVIS)")
+    parser.add_argument("--proxy-every", type=int, default=2, help="ESPNet's maps of every N-th CamVid frame come "
+                        "from the frame scaled down and back (its own training frames are nearly right)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -164,7 +166,7 @@ def main() -> None:
         rng.seed(args.seed + start)
         torch.manual_seed(args.seed + start)
         print(f"resumed at step {start}", flush=True)
-    streets, objects = training_pairs(args.real)
+    streets, objects = training_pairs(args.real, args.proxy_every)
     began, running = time.time(), None
     for step in range(start, args.steps):
         optimiser.zero_grad()
