@@ -138,10 +138,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--refiner", default="default", help="refiner checkpoint (name or path)")
     parser.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "real")
-    parser.add_argument("--step", type=int, default=2, help="score every step-th val frame")
-    parser.add_argument("--sets", default="camvid,davis", help="camvid, davis or both")
+    parser.add_argument("--step", type=int, default=1, help="score every step-th val frame (default: all)")
+    parser.add_argument("--sets", default="camvid,davis", choices=["camvid", "davis", "camvid,davis"])
     parser.add_argument("--json", type=Path, help="write the table here")
     args = parser.parse_args()
+    if args.step < 1:
+        parser.error(f"--step must be at least 1, got {args.step}")
     scores: dict[str, dict[str, Score]] = {}
     if "camvid" in args.sets:
         scores.update(camvid_sets(args.real, args.step, args.refiner))
