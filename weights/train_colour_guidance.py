@@ -144,6 +144,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="go on from --work/state.pt")
     args = parser.parse_args()
+    if args.proxy_every < 1:
+        parser.error(f"--proxy-every must be at least 1, got {args.proxy_every}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
@@ -194,7 +196,8 @@ def main() -> None:
     path = write(args.out, settings, state=model.state_dict(), learnt={
         "trained_by": "weights/train_colour_guidance.py",
         "trained_on": "CamVid train (three real bases) and the DAVIS train sequences",
-        "steps": args.steps, "seed": args.seed, "street_share": args.street_share})
+        "steps": args.steps, "seed": args.seed, "street_share": args.street_share,
+        "proxy_every": args.proxy_every})
     weights.record_file(path)
     print(f"wrote {path}")
 
