@@ -44,7 +44,8 @@ def steps(bundle) -> list[tuple[str, dict]]:
         ("+ colour differences against the texture around them (texture_reach 10, range_sigma 0.17)",
          bundle.CHOSEN),
         # trained, not written here: the bundled file, made by weights/train_colour_guidance.py
-        ("+ learnt guidance in the gates (guidance 12: shipped)", {**bundle.CHOSEN, "guidance": 12}),
+        ("+ learnt guidance in the gates, apart along rows and columns (guidance 12, oriented: shipped)",
+         {**bundle.CHOSEN, "guidance": 12, "guidance_oriented": True}),
     ]
 
 

@@ -14,11 +14,11 @@ Training pairs (the val splits are never read):
   blocky masks and smooth but accurate ones), perturbed once (`refine_cli.data.perturb`: warped, grown or shrunk,
   holes and blobs, blurred), and the bundled ESPNetv2-VOC's foreground.
 A crop comes from CamVid with probability 0.75 (`--street-share`), else from DAVIS. Each step averages the loss
-over 4 random 224 px crops (flipped half the time) refined by the whole `spn_colour` with the guidance in its gates,
-its other settings fixed. The loss is the negative log-likelihood of the true class,
-clipped at 3 (a pixel the coarse map is confidently wrong about, which no propagation can fix, would otherwise
-teach the guidance to blur everything) and counted within 8 px of the coarse map's boundaries, where the refiner
-acts. Adam, learning rate 2e-3 on a cosine schedule.
+over 4 random 224 px crops (flipped half the time) refined by the whole `spn_colour` with the guidance in its gates
+(oriented unless --no-oriented: its maps apart for the links along rows and along columns), its other settings
+fixed. The loss is the negative log-likelihood of the true class, clipped at 3 (a pixel the coarse map is
+confidently wrong about, which no propagation can fix, would otherwise teach the guidance to blur everything) and
+counted within 8 px of the coarse map's boundaries, where the refiner acts. Adam, learning rate 2e-3 on a cosine schedule.
 """
 
 from __future__ import annotations
@@ -131,6 +131,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / f"{NAME}.pt")
     parser.add_argument("--steps", type=int, default=3600)
     parser.add_argument("--channels", type=int, default=12)
+    parser.add_argument("--oriented", action=argparse.BooleanOptionalAction, default=True, help="the guidance's "
+                        "maps apart for the links along rows and along columns (--no-oriented: one pair for both)")
     parser.add_argument("--crop", type=int, default=224)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--band", type=int, default=8)
@@ -149,7 +151,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    settings = {**CHOSEN, "guidance": args.channels}
+    settings = {**CHOSEN, "guidance": args.channels, "guidance_oriented": args.oriented}
     model = models.spec(NAME).builder(**models.arch_args(NAME, **settings))
     model.backend = "torch"  # the C++ kernels have no backward
     model.train()

@@ -131,7 +131,7 @@ class ColourPropagation(nn.Module):
                  smooth_mask_kept: tuple[float, float] | None = None, smooth_mask_range: float | None = None,
                  confident_kept: float | None = None, colour_confidence: float | None = None,
                  texture_reach: int | None = None, texture_power: float = 0.5, guidance: int | None = None,
-                 backend: EdgeMeanBackend = "auto") -> None:
+                 guidance_oriented: bool = False, backend: EdgeMeanBackend = "auto") -> None:
         super().__init__()
         if spatial_sigma <= 0 or range_sigma <= 0 or iterations < 1 or rounds < 1:
             raise ValueError("spatial_sigma and range_sigma must be positive, iterations and rounds at least 1; got "
@@ -171,7 +171,7 @@ class ColourPropagation(nn.Module):
         self.backend = backend
         if guidance is not None and guidance < 1:
             raise ValueError(f"guidance must be a number of channels, at least 1; got {guidance}")
-        self.guidance = None if guidance is None else GateGuidance(guidance)
+        self.guidance = None if guidance is None else GateGuidance(guidance, oriented=guidance_oriented)
 
     def training_loss_band(self) -> tuple[int, float]:
         """`TrainsNearBoundaries`: the guidance learns from the pixels within 8 px of the coarse boundaries, each
@@ -385,7 +385,8 @@ def spn_colour(*, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterati
                smooth_mask_kept: tuple[float, float] | None = None,
                smooth_mask_range: float | None = None, confident_kept: float | None = None,
                colour_confidence: float | None = None, texture_reach: int | None = None,
-               texture_power: float = 0.5, guidance: int | None = None) -> ColourPropagation:
+               texture_power: float = 0.5, guidance: int | None = None,
+               guidance_oriented: bool = False) -> ColourPropagation:
     return ColourPropagation(spatial_sigma=spatial_sigma, range_sigma=range_sigma, iterations=iterations,
                              rounds=rounds, colour_weight=colour_weight, colour_block=colour_block,
                              colour_bins=colour_bins, smooth_mask_weight=smooth_mask_weight,
@@ -393,4 +394,4 @@ def spn_colour(*, spatial_sigma: float = 40.0, range_sigma: float = 0.2, iterati
                              smooth_mask_kept=smooth_mask_kept,
                              smooth_mask_range=smooth_mask_range, confident_kept=confident_kept,
                              colour_confidence=colour_confidence, texture_reach=texture_reach,
-                             texture_power=texture_power, guidance=guidance)
+                             texture_power=texture_power, guidance=guidance, guidance_oriented=guidance_oriented)

@@ -6,8 +6,10 @@ stay the domain-transform weights of the colour differences between neighbours, 
 the network only modulates those differences: each is multiplied by exp(s) and has c >= 0 added, s and c averaged
 over the two neighbours. s < 0 lets the scans cross an edge the image shows but the labels do not (texture,
 shadows, reflections), s > 0 holds them at a faint edge, and c closes a gate where a boundary lies without a colour
-edge. Three 3 x 3 convolutions (dilations 1, 2, 4) at half resolution, their maps concatenated into a 1 x 1
-output, upsampled bilinearly: about 7 ms per 480 x 360 frame on one CPU thread. Its output layer starts
+edge. With `oriented` (the bundled refiner's setting) s and c come apart for the links along rows and along columns:
+a gate across a thin upright structure (a pole) may close while the gates along it stay open. Three 3 x 3
+convolutions (dilations 1, 2, 4) at half resolution, their maps concatenated into a 1 x 1 output, upsampled
+bilinearly: about 7 ms per 480 x 360 frame on one CPU thread. Its output layer starts
 at s = 0 and c = CLOSURE_SCALE * softplus(CLOSURE_BIAS) (about 0.001, against colour differences of 0.1 and more at
 an edge), so an untrained guidance leaves the refiner as it was.
 """
@@ -34,20 +36,23 @@ def half_size(image: torch.Tensor) -> torch.Tensor:
 
 
 class GateGuidance(nn.Module):
-    """image (N, 3, H, W) RGB in [0, 1] -> (scale s, closure c), each (N, H, W) float32."""
+    """image (N, 3, H, W) RGB in [0, 1] -> (scale s, closure c), each (N, H, W) float32, or with `oriented` each
+    (N, 2, H, W): one map for the links along rows (across columns) and one for the links along columns, so that a
+    gate across a thin structure may close while the gates along it stay open."""
 
-    def __init__(self, channels: int = 12) -> None:
+    def __init__(self, channels: int = 12, oriented: bool = False) -> None:
         super().__init__()
         if channels < 1:
             raise ValueError(f"the guidance needs at least one channel; got {channels}")
-        self.channels = channels
+        self.channels, self.oriented = channels, oriented
+        self.outputs = 4 if oriented else 2
         self.conv1 = nn.Conv2d(3, channels, 3, padding=1)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=2, dilation=2)
         self.conv3 = nn.Conv2d(channels, channels, 3, padding=4, dilation=4)
-        self.out = nn.Conv2d(3 * channels, 2, 1)
+        self.out = nn.Conv2d(3 * channels, self.outputs, 1)
         nn.init.zeros_(self.out.weight)
         with torch.no_grad():
-            self.out.bias.copy_(torch.tensor([0.0, CLOSURE_BIAS]))
+            self.out.bias.copy_(torch.tensor([0.0, CLOSURE_BIAS] * (self.outputs // 2)))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = image.shape[-2:]
@@ -58,20 +63,29 @@ class GateGuidance(nn.Module):
             features.append(x)
         # The 1 x 1 output layer over the three maps concatenated, as one matrix product per map (no concatenated copy).
         n, channels, rows, cols = x.shape
-        weight = self.out.weight.view(2, 3, channels)
-        maps = self.out.bias.view(1, 2, 1).expand(n, 2, rows * cols).clone()
+        outputs = self.outputs
+        weight = self.out.weight.view(outputs, 3, channels)
+        maps = self.out.bias.view(1, outputs, 1).expand(n, outputs, rows * cols).clone()
         for index, feature in enumerate(features):
-            maps.baddbmm_(weight[:, index].expand(n, 2, channels), feature.reshape(n, channels, rows * cols))
-        maps = F.interpolate(maps.view(n, 2, rows, cols), scale_factor=2, mode="bilinear", align_corners=False)
+            maps.baddbmm_(weight[:, index].expand(n, outputs, channels), feature.reshape(n, channels, rows * cols))
+        maps = F.interpolate(maps.view(n, outputs, rows, cols), scale_factor=2, mode="bilinear", align_corners=False)
         maps = maps[..., :height, :width]
-        return maps[:, 0].clamp(-SCALE_LIMIT, SCALE_LIMIT), F.softplus(maps[:, 1]).mul_(CLOSURE_SCALE)
+        scale, closure = maps[:, 0::2], maps[:, 1::2]
+        if not self.oriented:
+            scale, closure = scale[:, 0], closure[:, 0]
+        return scale.clamp(-SCALE_LIMIT, SCALE_LIMIT), F.softplus(closure).mul_(CLOSURE_SCALE)
 
     def modulate(self, image: torch.Tensor, across_columns: torch.Tensor,
                  across_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Colour differences to the right (N, H, W-1) and below (N, H-1, W) -> the same, modulated: d * exp(s) + c,
         s and c the means of the two neighbours'."""
         scale, closure = self(image)
-        return (across_columns * (scale[..., 1:] + scale[..., :-1]).mul(0.5).exp()
-                + (closure[..., 1:] + closure[..., :-1]).mul(0.5),
-                across_rows * (scale[..., 1:, :] + scale[..., :-1, :]).mul(0.5).exp()
-                + (closure[..., 1:, :] + closure[..., :-1, :]).mul(0.5))
+        if self.oriented:
+            (scale_columns, scale_rows), (closure_columns, closure_rows) = scale.unbind(1), closure.unbind(1)
+        else:
+            scale_columns = scale_rows = scale
+            closure_columns = closure_rows = closure
+        return (across_columns * (scale_columns[..., 1:] + scale_columns[..., :-1]).mul(0.5).exp()
+                + (closure_columns[..., 1:] + closure_columns[..., :-1]).mul(0.5),
+                across_rows * (scale_rows[..., 1:, :] + scale_rows[..., :-1, :]).mul(0.5).exp()
+                + (closure_rows[..., 1:, :] + closure_rows[..., :-1, :]).mul(0.5))

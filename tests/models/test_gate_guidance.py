@@ -108,3 +108,27 @@ def test_half_size_is_the_two_by_two_mean_less_a_half(shape: tuple[int, ...]):
     image = torch.rand(shape)
     expected = torch.nn.functional.avg_pool2d(image - 0.5, 2, ceil_mode=True)
     assert torch.allclose(half_size(image), expected, atol=1e-6)
+
+
+def test_an_oriented_guidance_acts_on_the_links_along_rows_and_along_columns_apart():
+    guidance = GateGuidance(2, oriented=True)
+    with torch.no_grad():  # maps: scale and closure of the links along rows, then of the links along columns
+        guidance.out.bias.copy_(torch.tensor([0.5, 20.0, 0.0, -20.0]))
+    image = torch.rand(1, 3, 6, 7)
+    columns, rows = torch.rand(1, 6, 6), torch.rand(1, 5, 7)
+    new_columns, new_rows = guidance.modulate(image, columns, rows)
+    closed = CLOSURE_SCALE * torch.nn.functional.softplus(torch.tensor(20.0))
+    open_ = CLOSURE_SCALE * torch.nn.functional.softplus(torch.tensor(-20.0))
+    assert torch.allclose(new_columns, columns * torch.tensor(0.5).exp() + closed, atol=1e-5)
+    assert torch.allclose(new_rows, rows + open_, atol=1e-6)
+    scale, closure = guidance(image)
+    assert scale.shape == closure.shape == (1, 2, 6, 7)
+
+
+def test_an_untrained_oriented_guidance_gives_what_an_untrained_plain_one_does():
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 30, 40)
+    coarse = torch.rand(1, 3, 30, 40).softmax(1)
+    plain = ColourPropagation(**PLAIN, guidance=8).refine_probabilities(image, coarse)
+    oriented = ColourPropagation(**PLAIN, guidance=8, guidance_oriented=True).refine_probabilities(image, coarse)
+    assert torch.allclose(plain, oriented, atol=1e-6)
