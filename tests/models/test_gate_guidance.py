@@ -132,3 +132,23 @@ def test_an_untrained_oriented_guidance_gives_what_an_untrained_plain_one_does()
     plain = ColourPropagation(**PLAIN, guidance=8).refine_probabilities(image, coarse)
     oriented = ColourPropagation(**PLAIN, guidance=8, guidance_oriented=True).refine_probabilities(image, coarse)
     assert torch.allclose(plain, oriented, atol=1e-6)
+
+
+def test_the_guidance_gives_the_same_maps_in_either_memory_layout():
+    """On a CPU its convolutions run in NHWC whatever the module's layout (the pipeline turns networks NHWC, a
+    module built directly is NCHW): both must give the same maps, and gradients must still reach every weight."""
+    torch.manual_seed(0)
+    guidance = GateGuidance(4, oriented=True)
+    for parameter in guidance.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    nhwc = GateGuidance(4, oriented=True)
+    nhwc.load_state_dict(guidance.state_dict())
+    nhwc = nhwc.to(memory_format=torch.channels_last)
+    image = torch.rand(2, 3, 17, 24)
+    with torch.no_grad():
+        for got, expected in zip(guidance(image), nhwc(image)):
+            assert got.shape == (2, 2, 17, 24)
+            assert torch.allclose(got, expected, atol=1e-5)
+    scale, closure = guidance(image)
+    (scale.sum() + closure.sum()).backward()
+    assert all(parameter.grad is not None and parameter.grad.abs().sum() > 0 for parameter in guidance.parameters())
