@@ -3,6 +3,8 @@ on, and CamVid's), and the one definition of a boundary between labels."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -25,6 +27,12 @@ CAMVID_PALETTE: tuple[tuple[int, int, int], ...] = (
 def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
     """The VOC colour map: class i's colour spreads the bits of i over the high bits of R, G, B.
     Entry 255 (the "ignore" label) is (224, 224, 192) as in the VOC development kit."""
+    return list(_voc_colours(n))
+
+
+@functools.cache
+def _voc_colours(n: int) -> tuple[tuple[int, int, int], ...]:
+    """`voc_palette`'s entries, computed once per size: every mask and overlay written asks for them."""
     palette = []
     for i in range(n):
         r = g = b = 0
@@ -35,7 +43,7 @@ def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
             b |= ((c >> 2) & 1) << (7 - j)
             c >>= 3
         palette.append((r, g, b))
-    return palette
+    return tuple(palette)
 
 
 def boundary_map(labels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
