@@ -134,9 +134,10 @@ def test_an_untrained_oriented_guidance_gives_what_an_untrained_plain_one_does()
     assert torch.allclose(plain, oriented, atol=1e-6)
 
 
-def test_the_guidance_gives_the_same_maps_in_either_memory_layout():
+def test_the_guidance_is_its_documented_network_in_either_memory_layout():
     """On a CPU its convolutions run in NHWC whatever the module's layout (the pipeline turns networks NHWC, a
-    module built directly is NCHW): both must give the same maps, and gradients must still reach every weight."""
+    module built directly is NCHW), and its output layer reads their maps without a copy: both layouts must give
+    what the network written plainly in NCHW gives, and gradients must still reach every weight."""
     torch.manual_seed(0)
     guidance = GateGuidance(4, oriented=True)
     for parameter in guidance.parameters():
@@ -145,10 +146,18 @@ def test_the_guidance_gives_the_same_maps_in_either_memory_layout():
     nhwc.load_state_dict(guidance.state_dict())
     nhwc = nhwc.to(memory_format=torch.channels_last)
     image = torch.rand(2, 3, 17, 24)
-    with torch.no_grad():
-        for got, expected in zip(guidance(image), nhwc(image)):
-            assert got.shape == (2, 2, 17, 24)
-            assert torch.allclose(got, expected, atol=1e-5)
+    F = torch.nn.functional
+    with torch.no_grad():  # three 3 x 3 convolutions at half size, their maps concatenated into a 1 x 1 output
+        x1 = F.relu(guidance.conv1(F.avg_pool2d(image - 0.5, 2, ceil_mode=True).contiguous()))
+        x2 = F.relu(guidance.conv2(x1))
+        x3 = F.relu(guidance.conv3(x2))
+        maps = F.conv2d(torch.cat([x1, x2, x3], 1), guidance.out.weight, guidance.out.bias)
+        maps = F.interpolate(maps, scale_factor=2, mode="bilinear", align_corners=False)[..., :17, :24]
+        expected = (maps[:, 0::2].clamp(-3, 3), CLOSURE_SCALE * F.softplus(maps[:, 1::2]))
+        for module in (guidance, nhwc):
+            for got, want in zip(module(image), expected):
+                assert got.shape == (2, 2, 17, 24)
+                assert torch.allclose(got, want, atol=1e-5)
     scale, closure = guidance(image)
     (scale.sum() + closure.sum()).backward()
     assert all(parameter.grad is not None and parameter.grad.abs().sum() > 0 for parameter in guidance.parameters())
